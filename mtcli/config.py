@@ -1,0 +1,320 @@
+"""Experiment configuration: YAML -> frozen, typed dataclasses.
+
+Every user mistake becomes one ConfigError line naming the file, the key path and the fix.
+This module knows nothing of data, models or the terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mtcli.errors import ConfigError
+
+Backend = Literal["seq2seq", "attention", "transformer"]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """The built-in toy language pair (used when data.dir is null)."""
+
+    seed: int = 1
+    train_size: int = 20000
+    dev_size: int = 500
+    test_size: int = 1000
+    min_len: int = 3
+    max_len: int = 40
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str | None = None
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    train: str = "train"
+    dev: str = "val"
+    test: str = "test"
+    tokenizer: Literal["whitespace", "sentencepiece"] = "whitespace"
+    spm_type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: int = 8000
+    joint_vocab: bool = True
+    max_len: int = 100
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backend: Backend = "transformer"
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    rnn_type: Literal["gru", "lstm"] = "gru"
+    bidirectional: bool = True
+    attention: Literal["additive", "dot", "general"] = "additive"
+    heads: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    tie_embeddings: Literal["none", "decoder", "all"] = "none"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    device: str = "auto"
+    threads: int = 0
+    batch_tokens: int = 4096
+    max_epochs: int = 20
+    max_steps: int = 0
+    max_minutes: float = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.98
+    weight_decay: float = 0.0
+    scheduler: Literal["constant", "inverse_sqrt", "plateau"] = "inverse_sqrt"
+    warmup_steps: int = 1000
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1.0e-6
+    label_smoothing: float = 0.1
+    clip_grad_norm: float = 1.0
+    log_every: int = 50
+    validate_every: int = 500
+    valid_beam_size: int = 1
+    samples: int = 3
+    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    patience: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 5
+    length_penalty: float = 0.6
+    max_len: int = 200
+    max_len_ratio: float = 2.0
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    run_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _fail(source: str, path: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{source}: {path}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
+    """Check `value` (parsed YAML) against the annotation `tp`; return the typed value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _fail(source, path, f"expected a mapping of keys, got {value!r}")
+        return _build(tp, value, source, path)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            _fail(source, path, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, source, path)
+            except ConfigError:
+                pass
+        _fail(source, path, f"expected {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(source, path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(source, path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(source, path, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r}")  # a bug in this module, not the user's
+
+
+def _unknown_key(cls: type, key: str, source: str, path: str) -> typing.NoReturn:
+    names = [f.name for f in dataclasses.fields(cls)]
+    near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    hint = f"did you mean '{near[0]}'?" if near else "known keys: " + ", ".join(names)
+    _fail(source, f"{path}.{key}" if path else str(key), f"unknown key ({hint})")
+
+
+def _build(cls: type, data: dict, source: str, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            _unknown_key(cls, key, source, path)
+        kwargs[key] = _convert(value, hints[key], source, f"{path}.{key}" if path else key)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
+    """Put `value` at `a.b.c` in the nested dict, checking each key against the schema."""
+    cls: Any = ExperimentConfig
+    keys = dotted.split(".")
+    node = tree
+    for depth, key in enumerate(keys):
+        path = ".".join(keys[:depth])
+        if not dataclasses.is_dataclass(cls):
+            _fail(source, path, f"is a value, not a section (cannot set '{dotted}')")
+        if key not in {f.name for f in dataclasses.fields(cls)}:
+            _unknown_key(cls, key, source, path)
+        cls = typing.get_type_hints(cls)[key]
+        if depth == len(keys) - 1:
+            node[key] = value
+        else:
+            child = node.get(key)
+            node = node.setdefault(key, {}) if child is None else child
+            if not isinstance(node, dict):
+                _fail(source, ".".join(keys[: depth + 1]), "expected a mapping of keys")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=0.001` -> ("train.lr", 0.001); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _validate(cfg: ExperimentConfig, source: str) -> None:
+    """Checks that involve more than one key or a range."""
+    positive = {
+        "model.embed_dim": cfg.model.embed_dim, "model.hidden_dim": cfg.model.hidden_dim,
+        "model.encoder_layers": cfg.model.encoder_layers, "model.decoder_layers": cfg.model.decoder_layers,
+        "model.heads": cfg.model.heads, "model.ff_dim": cfg.model.ff_dim,
+        "data.vocab_size": cfg.data.vocab_size, "data.max_len": cfg.data.max_len,
+        "train.batch_tokens": cfg.train.batch_tokens, "train.lr": cfg.train.lr,
+        "train.log_every": cfg.train.log_every, "train.validate_every": cfg.train.validate_every,
+        "train.valid_beam_size": cfg.train.valid_beam_size, "decode.beam_size": cfg.decode.beam_size,
+        "decode.max_len": cfg.decode.max_len, "decode.batch_size": cfg.decode.batch_size,
+        "data.toy.train_size": cfg.data.toy.train_size, "data.toy.dev_size": cfg.data.toy.dev_size,
+        "data.toy.test_size": cfg.data.toy.test_size, "data.toy.min_len": cfg.data.toy.min_len,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            _fail(source, key, f"must be positive, got {value}")
+    for key, value in {"train.max_epochs": cfg.train.max_epochs, "train.max_steps": cfg.train.max_steps,
+                       "train.max_minutes": cfg.train.max_minutes, "train.warmup_steps": cfg.train.warmup_steps,
+                       "train.patience": cfg.train.patience, "train.samples": cfg.train.samples,
+                       "train.clip_grad_norm": cfg.train.clip_grad_norm, "train.threads": cfg.train.threads,
+                       "train.weight_decay": cfg.train.weight_decay}.items():
+        if value < 0:
+            _fail(source, key, f"must be zero or positive, got {value}")
+    if not 0 <= cfg.model.dropout < 1:
+        _fail(source, "model.dropout", f"must be in [0, 1), got {cfg.model.dropout}")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        _fail(source, "train.label_smoothing", f"must be in [0, 1), got {cfg.train.label_smoothing}")
+    if cfg.train.max_epochs == 0 and cfg.train.max_steps == 0 and cfg.train.max_minutes == 0:
+        _fail(source, "train.max_epochs", "set max_epochs, max_steps or max_minutes, or training never stops")
+    if cfg.model.backend == "transformer" and cfg.model.embed_dim % cfg.model.heads:
+        _fail(source, "model.heads", f"{cfg.model.heads} does not divide model.embed_dim {cfg.model.embed_dim}")
+    if cfg.model.backend == "transformer" and cfg.model.embed_dim % 2:
+        _fail(source, "model.embed_dim", "must be even for sinusoidal positions")
+    if cfg.model.backend != "transformer" and cfg.model.bidirectional and cfg.model.hidden_dim % 2:
+        _fail(source, "model.hidden_dim", "must be even with a bidirectional encoder (half per direction)")
+    if cfg.model.tie_embeddings == "all" and not cfg.data.joint_vocab:
+        _fail(source, "model.tie_embeddings", "'all' needs data.joint_vocab: true (one vocabulary for both sides)")
+    rnn = cfg.model.backend != "transformer"
+    if rnn and cfg.model.tie_embeddings != "none" and cfg.model.embed_dim != cfg.model.hidden_dim:
+        _fail(source, "model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
+              f"(got {cfg.model.embed_dim} and {cfg.model.hidden_dim})")
+    if cfg.data.toy.max_len < cfg.data.toy.min_len:
+        _fail(source, "data.toy.max_len", f"must be at least data.toy.min_len ({cfg.data.toy.min_len})")
+    if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
+        _fail(source, "train.device", f"{cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def config_from_dict(data: dict, source: str, overrides: list[str] = ()) -> ExperimentConfig:
+    """Build a checked config from plain data plus `section.key=value` overrides."""
+    tree = dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value, "--set")
+    cfg = _build(ExperimentConfig, tree, source)
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment; `name` defaults to the file's stem."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{source}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: {where}{problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, train, decode)")
+    data.setdefault("name", path.stem)
+    return config_from_dict(data, source, overrides)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
