@@ -1,0 +1,106 @@
+"""Text <-> token ids: a whitespace tokenizer (toy data) and sentencepiece (real data).
+
+Both put the same four specials at ids 0-3 and serialize to plain data (str, list, bytes), so a
+tokenizer travels inside a checkpoint that loads without executing code.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+from collections.abc import Iterable
+from typing import Protocol
+
+import sentencepiece as spm
+
+from mtcli.errors import CheckpointError
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def pieces(self, ids: Iterable[int]) -> list[str]: ...
+
+    def state(self) -> dict: ...
+
+
+class WhitespaceTokenizer:
+    """Words split on whitespace; a fixed vocabulary built from the training text."""
+
+    def __init__(self, vocab: list[str]):
+        assert vocab[: len(SPECIALS)] == SPECIALS
+        self.vocab = list(vocab)
+        self.index = {word: i for i, word in enumerate(self.vocab)}
+        self.vocab_size = len(self.vocab)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], max_size: int) -> "WhitespaceTokenizer":
+        counts = collections.Counter(word for text in texts for word in text.split())
+        words = sorted(counts, key=lambda w: (-counts[w], w))[: max(0, max_size - len(SPECIALS))]
+        return cls(SPECIALS + words)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(word, UNK) for word in text.split()]
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab[i] for i in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids if i >= len(SPECIALS) or i == UNK)
+
+    def state(self) -> dict:
+        return {"kind": "whitespace", "vocab": self.vocab}
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model (unigram or BPE) trained on the training text; detokenizes exactly."""
+
+    def __init__(self, model: bytes):
+        self.model = bytes(model)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.model)
+        self.vocab_size = self.sp.get_piece_size()
+        assert [self.sp.id_to_piece(i) for i in range(len(SPECIALS))] == SPECIALS
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str, seed: int = 1) -> "SentencePieceTokenizer":
+        buffer = io.BytesIO()
+        spm.set_random_generator_seed(seed)  # input sampling is seeded: the same data gives the same model
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
+            hard_vocab_limit=False, character_coverage=1.0, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+            pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
+            num_threads=2, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+            minloglevel=2,
+        )
+        return cls(buffer.getvalue())
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text, out_type=int)
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([i for i in ids if i >= len(SPECIALS) or i == UNK])
+
+    def state(self) -> dict:
+        return {"kind": "sentencepiece", "model": self.model}
+
+
+def tokenizer_from_state(state: dict) -> Tokenizer:
+    kind = state.get("kind") if isinstance(state, dict) else None
+    try:
+        if kind == "whitespace":
+            return WhitespaceTokenizer(state["vocab"])
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer(state["model"])
+    except (KeyError, AssertionError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"the stored {kind} tokenizer is damaged ({exc})") from None
+    raise CheckpointError(f"unknown tokenizer kind {kind!r} in checkpoint")
