@@ -1,0 +1,175 @@
+"""Transformer backend: pre-norm encoder-decoder, sinusoidal positions, multi-head attention through
+torch's scaled_dot_product_attention, and incremental decoding with a key/value cache.
+
+Attention weights are computed explicitly only when asked for (visualization); otherwise the fused kernel runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtcli.config import ModelConfig
+from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
+
+
+def sinusoidal_positions(length: int, dim: int, offset: int = 0) -> torch.Tensor:
+    """(length, dim) table of Vaswani et al.: sin on even, cos on odd features."""
+    position = torch.arange(offset, offset + length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)
+    return table
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), x.size(1), self.heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_proj(x).chunk(2, dim=-1)
+        return self.split(k), self.split(v)  # (B, h, S, d) each
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) queries over keys/values (B, h, S, d); mask (B, 1, 1, S) True = attend."""
+        q = self.split(self.q_proj(x))  # (B, h, T, d)
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, h, T, S)
+            if causal:
+                scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, D)
+        return self.out_proj(out), weights
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, ff_dim: int, dropout: float):
+        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = MultiHeadAttention(d, cfg.heads)
+        self.ff = FeedForward(d, cfg.ff_dim, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.dropout(self.attn(h, *self.attn.keys_values(h), mask=mask)[0])
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = MultiHeadAttention(d, cfg.heads)
+        self.cross_attn = MultiHeadAttention(d, cfg.heads)
+        self.ff = FeedForward(d, cfg.ff_dim, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+                cross_kv: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor, need_weights: bool = False
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """x (B, T, D); `past` caches the keys/values of earlier positions (None: x is the whole prefix,
+        attended causally). Returns the output, the cache extended by x, and the cross-attention weights."""
+        h = self.norm1(x)
+        k, v = self.self_attn.keys_values(h)  # (B, h, T, d)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.dropout(self.self_attn(h, k, v, causal=past is None)[0])
+        out, weights = self.cross_attn(self.norm2(x), *cross_kv, mask=src_mask, need_weights=need_weights)
+        x = x + self.dropout(out)
+        return x + self.dropout(self.ff(self.norm3(x))), (k, v), weights
+
+
+class Transformer(Backend):
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
+        super().__init__()
+        d = self.dim = cfg.embed_dim
+        self.heads = cfg.heads
+        self.src_embed, self.tgt_embed, tied = make_embeddings(src_vocab, tgt_vocab, d, cfg.tie_embeddings)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.encoder_norm, self.decoder_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.output = OutputLayer(d, tgt_vocab, tied)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("positions", sinusoidal_positions(1024, d), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(p, mean=0.0, std=self.dim ** -0.5)
+                with torch.no_grad():
+                    p[0].zero_()  # padding row
+            elif p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def attention_shape(self) -> tuple[int, int]:
+        return (len(self.decoder_layers), self.heads)
+
+    def _positions(self, length: int, offset: int = 0) -> torch.Tensor:
+        if offset + length > self.positions.size(0):
+            return sinusoidal_positions(length, self.dim, offset).to(self.positions.device)
+        return self.positions[offset: offset + length]
+
+    def _embed(self, embed: nn.Embedding, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        x = embed(tokens) * math.sqrt(self.dim) + self._positions(tokens.size(1), offset).to(embed.weight.dtype)
+        return self.dropout(x)  # (B, T, D)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> State:
+        mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return {"encoder_out": self.encoder_norm(x), "src_mask": mask}
+
+    def _cross_kv(self, memory: State) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [layer.cross_attn.keys_values(memory["encoder_out"]) for layer in self.decoder_layers]
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory = self.encode(src, src_mask)
+        x = self._embed(self.tgt_embed, tgt_in)
+        for layer, cross_kv in zip(self.decoder_layers, self._cross_kv(memory)):
+            x, _, _ = layer(x, None, cross_kv, memory["src_mask"])
+        return self.output(self.decoder_norm(x))  # (B, T, V)
+
+    def init_state(self, memory: State) -> State:
+        """Cross-attention keys/values once per sentence; an empty self-attention cache per layer."""
+        return {"cross_kv": self._cross_kv(memory), "src_mask": memory["src_mask"],
+                "cache": [None] * len(self.decoder_layers), "pos": 0}
+
+    def step(self, prev: torch.Tensor, state: State, need_attention: bool = False
+             ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        x = self._embed(self.tgt_embed, prev.unsqueeze(1), offset=state["pos"])  # (B, 1, D)
+        cache, maps = [], []
+        for layer, cross_kv, past in zip(self.decoder_layers, state["cross_kv"], state["cache"]):
+            x, kv, weights = layer(x, past, cross_kv, state["src_mask"], need_weights=need_attention)
+            cache.append(kv)
+            maps.append(weights)
+        log_probs = torch.log_softmax(self.output(self.decoder_norm(x[:, 0])).float(), dim=-1)
+        attention = torch.cat([w[:, :, 0] for w in maps], dim=1) if need_attention else None  # (B, L*h, S)
+        return log_probs, {**state, "cache": cache, "pos": state["pos"] + 1}, attention
