@@ -1,0 +1,116 @@
+"""Checkpoints: one self-contained file (weights + resolved config + tokenizers + training state).
+
+Written atomically (temporary file, fsync, rename) and read with torch.load(weights_only=True), so a
+checkpoint holds only tensors and plain data and loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict
+from mtcli.data.tokenizers import Tokenizer, tokenizer_from_state
+from mtcli.errors import CheckpointError, ConfigError, MtcliError
+from mtcli.models import Backend, build_model
+
+FORMAT = "mtcli-checkpoint-1"
+BEST, LATEST = "best.pt", "latest.pt"
+
+
+@dataclass
+class Bundle:
+    """Everything needed to translate: the model in eval mode, its config and tokenizers."""
+
+    path: Path
+    model: Backend
+    config: ExperimentConfig
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    meta: dict[str, Any]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model: Backend, config: ExperimentConfig, src_tokenizer: Tokenizer,
+                    tgt_tokenizer: Tokenizer, meta: dict[str, Any], training: dict[str, Any] | None = None) -> None:
+    atomic_save({
+        "format": FORMAT,
+        "config": config_to_dict(config),
+        "model": model.state_dict(),
+        "tokenizers": {"src": src_tokenizer.state(), "tgt": tgt_tokenizer.state()},
+        "meta": meta,
+        "training": training or {},
+    }, path)
+
+
+def resolve_checkpoint(target: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
+    """A checkpoint file, a run folder (its best, else latest checkpoint), or None: the newest run."""
+    if target is None:
+        found = sorted(runs_dir.glob(f"*/{BEST}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+        if not found:
+            raise CheckpointError(f"no trained run found under {runs_dir}/: train one first or pass a checkpoint")
+        return found[-1]
+    path = Path(target)
+    if path.is_dir():
+        for name in (BEST, LATEST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no {BEST} or {LATEST} in this folder (is it a run folder?)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise CheckpointError(f"{path}: refused to load: the file holds more than tensors and plain data ({first})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mtcli checkpoint")
+    return data
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    path = Path(path)
+    data = read_checkpoint(path)
+    try:
+        config = config_from_dict(data["config"], f"{path} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    src_tok = tokenizer_from_state(data["tokenizers"]["src"])
+    tgt_tok = tokenizer_from_state(data["tokenizers"]["tgt"])
+    model = build_model(config.model, src_tok.vocab_size, tgt_tok.vocab_size)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    return Bundle(path, model, config, src_tok, tgt_tok, data.get("meta", {}))
+
+
+__all__ = ["Bundle", "MtcliError", "atomic_save", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "resolve_checkpoint", "BEST", "LATEST"]
