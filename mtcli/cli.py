@@ -1,0 +1,183 @@
+"""The `mtcli` command line: each command parses, calls one library function and renders the result.
+
+User mistakes (MtcliError, bad options) are printed as one line on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from mtcli.errors import MtcliError
+
+
+# Typer's usage errors derive from click's ClickException (vendored inside Typer in recent releases)
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors as one line and exit code 1, like every other user mistake."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(1)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Machine-translation experiments: train, evaluate, translate and visualize "
+                       "Seq2seq, attention and Transformer models.")
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def user_errors(command: Callable) -> Callable:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MtcliError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+RunArg = Annotated[Optional[str], typer.Argument(
+    help="Run folder or checkpoint file; default: the most recent run under runs/.", show_default=False)]
+BeamOpt = Annotated[Optional[int], typer.Option("--beam", min=1, help="Beam size (1 = greedy); default: the config's.")]
+
+
+def load(target: Optional[str], announce: bool = True):  # -> Bundle
+    from mtcli.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(target)
+    if target is None and announce:
+        stderr.print(f"using {path}", style="dim")
+    return load_checkpoint(path)
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
+    overrides: Annotated[list[str], typer.Option("--set", metavar="SECTION.KEY=VALUE",
+                                                 help="Override a config key (repeatable), e.g. --set train.lr=0.0005.")] = [],
+    restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run folder has a checkpoint.")] = False,
+) -> None:
+    """Train a model; validates with sacreBLEU and keeps checkpoints in runs/<name>/ (resumes if one is there)."""
+    from mtcli.config import load_config
+    from mtcli.runlog import RunLog
+    from mtcli.training import train as run_training
+    from mtcli.ui import TrainingDisplay
+
+    cfg = load_config(config, overrides)
+    end = run_training(cfg, [RunLog(cfg.run_path), TrainingDisplay(stdout)], restart=restart)
+    if end.reason == "interrupted":
+        stderr.print(f"interrupted: progress saved in {cfg.run_path}/; run the same command to resume")
+        raise typer.Exit(130)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: RunArg = None,
+    src: Annotated[Optional[Path], typer.Option("--src", help="Source file (one sentence per line).")] = None,
+    ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
+    beam: BeamOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the translations here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Score a model with sacreBLEU (BLEU, chrF, TER, with signatures); default: the config's test set."""
+    from mtcli.evaluation import evaluate as run_evaluation
+    from mtcli.evaluation import test_set
+    from mtcli.ui import scores_table
+
+    bundle = load(run, announce=not as_json)
+    result = run_evaluation(bundle, test_set(bundle, src, ref), beam)
+    if output is not None:
+        output.write_text("".join(h + "\n" for h in result.hypotheses), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        return
+    title = (f"{result.checkpoint} on {result.test_set}: {result.sentences} sentences, "
+             f"beam {result.beam_size}, {result.seconds:.1f}s")
+    stdout.print(scores_table(result.scores, title))
+
+
+@app.command()
+@user_errors
+def translate(
+    text: Annotated[Optional[str], typer.Argument(help="A sentence to translate; else --input or stdin.",
+                                                  show_default=False)] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c",
+                                                      help="Run folder or checkpoint; default: the latest run.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="File with one sentence per line.")] = None,
+    beam: BeamOpt = None,
+) -> None:
+    """Translate a sentence, a file or stdin, one output line per input line."""
+    from mtcli.data.corpus import read_lines
+    from mtcli.evaluation import translator
+
+    if text is not None:
+        lines = [text]
+    elif input_file is not None:
+        lines = read_lines(input_file)
+    elif not sys.stdin.isatty():
+        lines = sys.stdin.read().splitlines()
+    else:
+        raise MtcliError("nothing to translate: give a sentence, --input FILE, or lines on stdin")
+    bundle = load(checkpoint)
+    for result in translator(bundle).translate(lines, beam):
+        typer.echo(result.text)
+
+
+@app.command()
+@user_errors
+def visualize(
+    run: RunArg = None,
+    sentence: Annotated[Optional[str], typer.Option("--sentence", "-s",
+                                                    help="Source sentence; default: the first test sentence.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save a figure (.png, .svg, .pdf).")] = None,
+    beam: BeamOpt = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", min=1, help="Transformer: decoder layer (default: last).")] = None,
+    head: Annotated[Optional[int], typer.Option("--head", min=1, help="Transformer: one head (default: mean of heads).")] = None,
+) -> None:
+    """Show the attention of one translated sentence as a heatmap in the terminal (and as a figure)."""
+    from mtcli.visualize import attention_view
+
+    bundle = load(run)
+    view = attention_view(bundle, sentence, beam, layer, head)
+    if view is None:
+        stdout.print(f"{bundle.path}: the {bundle.config.model.backend} backend has no attention "
+                     "(its decoder sees one fixed context vector): nothing to show")
+        return
+    from mtcli.ui import attention_heatmap
+
+    stdout.print(attention_heatmap(view.src_tokens, view.tgt_tokens, view.weights, view.title))
+    stdout.print(f"translation: {view.translation}")
+    if output is not None:
+        from mtcli.plots import save_attention_figure
+
+        save_attention_figure(view.src_tokens, view.tgt_tokens, view.weights, view.title, output)
+        stdout.print(f"saved {output}")
+
+
+def main() -> None:
+    app()
