@@ -17,7 +17,7 @@ import torch
 
 from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict
 from mtcli.data.tokenizers import Tokenizer, tokenizer_from_state
-from mtcli.errors import CheckpointError, ConfigError, MtcliError
+from mtcli.errors import CheckpointError, ConfigError
 from mtcli.models import Backend, build_model
 
 FORMAT = "mtcli-checkpoint-1"
@@ -81,14 +81,25 @@ def resolve_checkpoint(target: str | Path | None, runs_dir: Path = Path("runs"))
     return path
 
 
+def _unpickler_detail(exc: Exception) -> str:
+    """torch's weights-only refusal is long; keep the line that says what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's plain data; anything but tensors and plain data is refused, never executed."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(f"{path}: refused to load: the file holds more than tensors and plain data ({first})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: refused to load: not a checkpoint of tensors and plain data "
+                              f"({_unpickler_detail(exc)}); mtcli never runs code from a checkpoint") from None
+    except Exception as exc:  # truncated or foreign files fail in many ways inside torch.load
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mtcli checkpoint")
     return data
@@ -111,6 +122,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Bun
     model.to(device).eval()
     return Bundle(path, model, config, src_tok, tgt_tok, data.get("meta", {}))
 
-
-__all__ = ["Bundle", "MtcliError", "atomic_save", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "resolve_checkpoint", "BEST", "LATEST"]

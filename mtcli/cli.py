@@ -8,15 +8,15 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from mtcli.errors import MtcliError
-
 
 # Typer's usage errors derive from click's ClickException (vendored inside Typer in recent releases)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -59,17 +59,17 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-RunArg = Annotated[Optional[str], typer.Argument(
+RunArg = Annotated[str | None, typer.Argument(
     help="Run folder or checkpoint file; default: the most recent run under runs/.", show_default=False)]
-BeamOpt = Annotated[Optional[int], typer.Option("--beam", min=1, help="Beam size (1 = greedy); default: the config's.")]
+BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size (1 = greedy); default: the config's.")]
 
 
-def load(target: Optional[str], announce: bool = True):  # -> Bundle
+def load(target: str | None, announce: bool = True):  # -> Bundle
     from mtcli.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(target)
     if target is None and announce:
-        stderr.print(f"using {path}", style="dim")
+        stderr.print(f"using {path}", style="dim", soft_wrap=True)
     return load_checkpoint(path)
 
 
@@ -77,8 +77,8 @@ def load(target: Optional[str], announce: bool = True):  # -> Bundle
 @user_errors
 def train(
     config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
-    overrides: Annotated[list[str], typer.Option("--set", metavar="SECTION.KEY=VALUE",
-                                                 help="Override a config key (repeatable), e.g. --set train.lr=0.0005.")] = [],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run folder has a checkpoint.")] = False,
 ) -> None:
     """Train a model; validates with sacreBLEU and keeps checkpoints in runs/<name>/ (resumes if one is there)."""
@@ -87,10 +87,11 @@ def train(
     from mtcli.training import train as run_training
     from mtcli.ui import TrainingDisplay
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides or [])
     end = run_training(cfg, [RunLog(cfg.run_path), TrainingDisplay(stdout)], restart=restart)
     if end.reason == "interrupted":
-        stderr.print(f"interrupted: progress saved in {cfg.run_path}/; run the same command to resume")
+        stderr.print(f"interrupted: progress saved in {cfg.run_path}/; run the same command to resume",
+                     soft_wrap=True)
         raise typer.Exit(130)
 
 
@@ -98,10 +99,10 @@ def train(
 @user_errors
 def evaluate(
     run: RunArg = None,
-    src: Annotated[Optional[Path], typer.Option("--src", help="Source file (one sentence per line).")] = None,
-    ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
+    src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
     beam: BeamOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the translations here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the translations here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Score a model with sacreBLEU (BLEU, chrF, TER, with signatures); default: the config's test set."""
@@ -124,11 +125,11 @@ def evaluate(
 @app.command()
 @user_errors
 def translate(
-    text: Annotated[Optional[str], typer.Argument(help="A sentence to translate; else --input or stdin.",
+    text: Annotated[str | None, typer.Argument(help="A sentence to translate; else --input or stdin.",
                                                   show_default=False)] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c",
-                                                      help="Run folder or checkpoint; default: the latest run.")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="File with one sentence per line.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", "-c", help="Run folder or checkpoint; default: the latest run.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one sentence per line.")] = None,
     beam: BeamOpt = None,
 ) -> None:
     """Translate a sentence, a file or stdin, one output line per input line."""
@@ -152,12 +153,12 @@ def translate(
 @user_errors
 def visualize(
     run: RunArg = None,
-    sentence: Annotated[Optional[str], typer.Option("--sentence", "-s",
+    sentence: Annotated[str | None, typer.Option("--sentence", "-s",
                                                     help="Source sentence; default: the first test sentence.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save a figure (.png, .svg, .pdf).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also save a figure (.png/.svg/.pdf).")] = None,
     beam: BeamOpt = None,
-    layer: Annotated[Optional[int], typer.Option("--layer", min=1, help="Transformer: decoder layer (default: last).")] = None,
-    head: Annotated[Optional[int], typer.Option("--head", min=1, help="Transformer: one head (default: mean of heads).")] = None,
+    layer: Annotated[int | None, typer.Option(min=1, help="Transformer: decoder layer (default: last).")] = None,
+    head: Annotated[int | None, typer.Option(min=1, help="Transformer: one head (default: mean of heads).")] = None,
 ) -> None:
     """Show the attention of one translated sentence as a heatmap in the terminal (and as a figure)."""
     from mtcli.visualize import attention_view
@@ -166,17 +167,17 @@ def visualize(
     view = attention_view(bundle, sentence, beam, layer, head)
     if view is None:
         stdout.print(f"{bundle.path}: the {bundle.config.model.backend} backend has no attention "
-                     "(its decoder sees one fixed context vector): nothing to show")
+                     "(its decoder sees one fixed context vector): nothing to show", soft_wrap=True)
         return
     from mtcli.ui import attention_heatmap
 
     stdout.print(attention_heatmap(view.src_tokens, view.tgt_tokens, view.weights, view.title))
-    stdout.print(f"translation: {view.translation}")
+    stdout.print(f"translation: {view.translation}", soft_wrap=True)
     if output is not None:
         from mtcli.plots import save_attention_figure
 
         save_attention_figure(view.src_tokens, view.tgt_tokens, view.weights, view.title, output)
-        stdout.print(f"saved {output}")
+        stdout.print(f"saved {output}", soft_wrap=True)
 
 
 def main() -> None:

@@ -54,14 +54,16 @@ class Translator:
 
     def translate(self, texts: list[str], beam_size: int | None = None, need_attention: bool = False
                   ) -> list[Translation]:
+        """One translation per text, in order; a blank line translates to a blank line."""
         beam = beam_size or self.decode.beam_size
-        examples = [make_example(self.src_tokenizer.encode(text), []) for text in texts]
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        examples = [make_example(self.src_tokenizer.encode(texts[i]), []) for i in todo]
         hyps = decode_examples(self.model, examples, self.decode, beam, need_attention)
-        out = []
-        for example, hyp in zip(examples, hyps):
+        out = [Translation("", [], [], 0.0) for _ in texts]
+        for i, example, hyp in zip(todo, examples, hyps):
             attention = None
             if hyp.attention is not None:
                 attention = hyp.attention[:, :, : len(example.src)].float().cpu()  # drop padding columns
-            out.append(Translation(self.tgt_tokenizer.decode(hyp.tokens), self.src_tokenizer.pieces(example.src),
-                                   self.tgt_tokenizer.pieces(hyp.tokens + [EOS]), hyp.score, attention))
+            out[i] = Translation(self.tgt_tokenizer.decode(hyp.tokens), self.src_tokenizer.pieces(example.src),
+                                 self.tgt_tokenizer.pieces(hyp.tokens + [EOS]), hyp.score, attention)
         return out

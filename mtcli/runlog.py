@@ -27,8 +27,8 @@ class RunLog(Callback):
 
     def on_start(self, e: StartEvent) -> None:
         what = f"resumed at step {e.resumed_step}" if e.resumed_step else "started"
-        self._write(f"{e.config.name}: {what}; {e.config.model.backend}, {e.parameters:,} parameters, device {e.device}, "
-                    f"{e.train_pairs} train / {e.dev_pairs} dev pairs; " + "; ".join(e.notes),
+        self._write(f"{e.config.name}: {what}; {e.config.model.backend}, {e.parameters:,} parameters, "
+                    f"device {e.device}, {e.train_pairs} train / {e.dev_pairs} dev pairs; " + "; ".join(e.notes),
                     {"event": "start", "name": e.config.name, "backend": e.config.model.backend,
                      "parameters": e.parameters, "train_pairs": e.train_pairs, "dev_pairs": e.dev_pairs,
                      "total_steps": e.total_steps, "device": e.device, "resumed_step": e.resumed_step,

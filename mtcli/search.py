@@ -72,11 +72,19 @@ def greedy_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, lim
                        torch.stack(m) if m else None) for toks, lp, m in zip(tokens, log_prob, maps)]
 
 
+def _kth_best(hyps: list[Hypothesis], k: int) -> float:
+    """Score of the k-th best finished hypothesis; -inf while there are fewer than k."""
+    if len(hyps) < k:
+        return float("-inf")
+    return sorted((h.score for h in hyps), reverse=True)[k - 1]
+
+
 @torch.no_grad()
 def beam_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limits: torch.Tensor,
                 beam_size: int, alpha: float = 0.0, need_attention: bool = False, n_best: int = 1
                 ) -> list[list[Hypothesis]]:
-    """Batched beam search; a sentence stops once it has `beam_size` finished hypotheses."""
+    """Batched beam search. A sentence stops once its `n_best` finished hypotheses score at least as
+    well as its best live one could by ending now, or at its length limit."""
     batch, k, device = src.size(0), beam_size, src.device
     state = model.init_state(model.encode(src, src_mask))
     state = model.reorder(state, torch.arange(batch, device=device).repeat_interleave(k))  # (B*k, ...)
@@ -102,13 +110,14 @@ def beam_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limit
         is_eos = token == EOS
         ends = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])  # EOS among the k best: a finished hypothesis
         for g, r in ends.nonzero().tolist():
-            done = finished[int(sent[g])]
-            if len(done) < k:
-                row, lp = int(rows[g, r]), float(top_scores[g, r])
-                done.append(Hypothesis(tokens[row].tolist(), lp, lp / length_penalty(t + 1, alpha),
-                                       None if history is None else history[row]))
+            row, lp = int(rows[g, r]), float(top_scores[g, r])
+            finished[int(sent[g])].append(Hypothesis(tokens[row].tolist(), lp, lp / length_penalty(t + 1, alpha),
+                                                     None if history is None else history[row]))
         alive_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # k best going on
-        keep = torch.tensor([len(finished[int(s)]) < k for s in sent], device=device) & ~at_limit.to(device)
+        # the best live hypothesis, scored as if it ended at the next step, against the n-best finished
+        bound = (alive_scores[:, 0] / length_penalty(t + 2, alpha)).tolist()
+        keep = torch.tensor([b > _kth_best(finished[int(s)], n_best) for s, b in zip(sent, bound)], device=device)
+        keep &= ~at_limit.to(device)
         if not keep.any():
             break
         chosen = rows.gather(1, pick)[keep].view(-1)  # (n'*k,) rows to continue, in the new order

@@ -67,7 +67,9 @@ class TrainingDisplay(Callback):
     def on_end(self, e: EndEvent) -> None:
         if self.progress is not None:
             self.progress.stop()
-        best = f"best {e.metric} {e.best_value:.2f} at step {e.best_step}" if e.best_value is not None else "no validation"
+        best = "no validation"
+        if e.best_value is not None:
+            best = f"best {e.metric} {e.best_value:.2f} at step {e.best_step}"
         self.console.print(f"[bold]finished[/] ({e.reason.replace('_', ' ')}) at step {e.step}: {best}; "
                            f"{e.train_seconds:.0f}s of training at {e.tokens_per_s:,.0f} target tok/s")
         if e.checkpoint:
@@ -101,17 +103,19 @@ def _color(weight: float) -> str:
 
 def _cell(weight: float) -> Text:
     """Two characters per attention weight: a denser block and a brighter colour for more weight."""
-    shade = SHADES[min(int(max(weight, 0.0) * len(SHADES)), len(SHADES) - 1)]
+    shade = SHADES[round(min(max(weight, 0.0), 1.0) * (len(SHADES) - 1))]  # nearest of 0, .25, .5, .75, 1
     return Text(shade * 2, style=Style(color=_color(weight), bgcolor=_color(0.0)))
 
 
-def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Table:
+def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Group:
     """Source tokens across (written top-down), output tokens down; one cell per attention weight."""
     assert weights.shape == (len(tgt_tokens), len(src_tokens)), (weights.shape, len(tgt_tokens), len(src_tokens))
-    table = Table(title=title, title_justify="left", box=None, padding=(0, 0), show_edge=False)
+    table = Table(box=None, padding=(0, 0), show_edge=False)
     table.add_column("", justify="right", no_wrap=True)
     for token in src_tokens:
         table.add_column("\n".join(token[:12]), width=2, justify="center", vertical="bottom", no_wrap=True)
     for token, row in zip(tgt_tokens, weights.tolist()):
         table.add_row(Text(token + " ", style="bold"), *[_cell(w) for w in row])
-    return table
+    legend = Text.assemble("weight ", *[(f" {SHADES[i] * 2} {i / (len(SHADES) - 1):.2g}", Style(
+        color=_color(i / (len(SHADES) - 1)), bgcolor=_color(0.0))) for i in range(len(SHADES))])
+    return Group(Text(title, style="bold"), table, legend)

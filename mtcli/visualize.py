@@ -36,6 +36,8 @@ def attention_view(bundle: Bundle, sentence: str | None, beam: int | None, layer
         raise MtcliError(f"--head {head}: the model has {heads} attention head(s)")
     if sentence is None:
         sentence = load_split(bundle.config.data, "test").src[0]
+    if not sentence.strip():
+        raise MtcliError("--sentence: nothing to translate")
     result = translator(bundle).translate([sentence], beam, need_attention=True)[0]
     maps = result.attention.view(len(result.tgt_pieces), layers, heads, -1)  # (T, L, H, S)
     chosen = maps[:, (layer or layers) - 1]  # (T, H, S)

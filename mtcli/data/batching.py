@@ -28,7 +28,7 @@ class Batch:
     index: list[int]  # position of each row in the example list
     n_tgt_tokens: int  # real target tokens incl. EOS
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.src), move(self.src_mask), move(self.tgt_in), move(self.tgt_out),
                      self.index, self.n_tgt_tokens)

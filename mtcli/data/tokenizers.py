@@ -41,7 +41,7 @@ class WhitespaceTokenizer:
         self.vocab_size = len(self.vocab)
 
     @classmethod
-    def train(cls, texts: Iterable[str], max_size: int) -> "WhitespaceTokenizer":
+    def train(cls, texts: Iterable[str], max_size: int) -> WhitespaceTokenizer:
         counts = collections.Counter(word for text in texts for word in text.split())
         words = sorted(counts, key=lambda w: (-counts[w], w))[: max(0, max_size - len(SPECIALS))]
         return cls(SPECIALS + words)
@@ -69,7 +69,7 @@ class SentencePieceTokenizer:
         assert [self.sp.id_to_piece(i) for i in range(len(SPECIALS))] == SPECIALS
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str, seed: int = 1) -> "SentencePieceTokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str, seed: int = 1) -> SentencePieceTokenizer:
         buffer = io.BytesIO()
         spm.set_random_generator_seed(seed)  # input sampling is seeded: the same data gives the same model
         spm.SentencePieceTrainer.train(

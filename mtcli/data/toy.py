@@ -59,7 +59,8 @@ CONJUNCTIONS = {"and": "sosite", "but": "demo", "while": "aida", "because": "nod
 OBJECT_MARKER = "o"
 _SORTED = {name: sorted(table) for name, table in [
     ("NOUNS", NOUNS), ("NUMBERS", NUMBERS), ("DETERMINERS", DETERMINERS), ("ADJECTIVES", ADJECTIVES),
-    ("NOUN_PREPOSITIONS", NOUN_PREPOSITIONS), ("VERB_PREPOSITIONS", VERB_PREPOSITIONS), ("ADVERBS", ADVERBS), ("CONJUNCTIONS", CONJUNCTIONS),
+    ("NOUN_PREPOSITIONS", NOUN_PREPOSITIONS), ("VERB_PREPOSITIONS", VERB_PREPOSITIONS),
+    ("ADVERBS", ADVERBS), ("CONJUNCTIONS", CONJUNCTIONS),
     ("TRANSITIVE", TRANSITIVE), ("INTRANSITIVE", INTRANSITIVE)]}
 PLURAL_MARKER = "ri"
 
@@ -83,7 +84,7 @@ class Phrase:
         self.tgt = tgt
 
     @staticmethod
-    def word(src_word: str, tgt_words: list[str]) -> "Phrase":
+    def word(src_word: str, tgt_words: list[str]) -> Phrase:
         return Phrase([src_word], [(w, (0,)) for w in tgt_words])
 
 
