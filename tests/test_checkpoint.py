@@ -1,0 +1,101 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from mtcli.checkpoint import BEST, atomic_save, load_checkpoint, resolve_checkpoint
+from mtcli.errors import CheckpointError
+from mtcli.evaluation import translator
+from mtcli.training import train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    train(tiny_config("attention", run_dir, train={"max_steps": 10, "validate_every": 10}))
+    return run_dir
+
+
+def test_saved_and_reloaded_checkpoint_translates_identically(trained_run):
+    first = load_checkpoint(trained_run / BEST)
+    second = load_checkpoint(trained_run / BEST)
+    sentences = ["the dog sees a cat", "every small bird sleeps", "two kings"]
+    out1 = translator(first).translate(sentences, beam_size=3)
+    out2 = translator(second).translate(sentences, beam_size=3)
+    assert [t.text for t in out1] == [t.text for t in out2]
+    assert [t.score for t in out1] == [t.score for t in out2]
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_is_self_contained(trained_run, tmp_path):
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes((trained_run / BEST).read_bytes())
+    bundle = load_checkpoint(moved)
+    assert bundle.config.model.backend == "attention"
+    assert bundle.src_tokenizer.vocab_size > 10 and bundle.meta["step"] == 10
+
+
+def test_resolve_run_folder_file_and_newest_run(trained_run, tmp_path):
+    assert resolve_checkpoint(trained_run) == trained_run / BEST
+    assert resolve_checkpoint(trained_run / BEST) == trained_run / BEST
+    runs = tmp_path / "runs"
+    (runs / "old").mkdir(parents=True)
+    (runs / "new").mkdir()
+    (runs / "old" / BEST).write_bytes(b"x")
+    (runs / "new" / BEST).write_bytes(b"y")
+    os.utime(runs / "old" / BEST, (1, 1))
+    assert resolve_checkpoint(None, runs) == runs / "new" / BEST
+    with pytest.raises(CheckpointError, match="no trained run found"):
+        resolve_checkpoint(None, tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="no such checkpoint or run folder"):
+        resolve_checkpoint(tmp_path / "missing")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    payload = Payload()
+    payload.marker = marker
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as f:
+        pickle.dump({"format": "mtcli-checkpoint-1", "model": payload}, f, protocol=protocol)
+    pickle.loads(pickle.dumps(payload))  # the payload is live: plain unpickling would run it ...
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="refused to load: not a checkpoint of tensors and plain data"):
+        load_checkpoint(path)
+    assert not marker.exists()  # ... loading the checkpoint did not
+
+
+def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an mtcli checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    atomic_save({"a": torch.ones(3)}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"a": torch.zeros(3), "b": Boom()}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind

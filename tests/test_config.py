@@ -1,0 +1,91 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtcli.config import ExperimentConfig, config_to_dict, load_config, parse_override
+from mtcli.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reference_yaml_lists_every_key_with_its_default():
+    reference = yaml.safe_load((ROOT / "experiments/reference.yaml").read_text())
+    defaults = config_to_dict(ExperimentConfig())
+    assert reference == defaults
+
+
+def test_every_experiment_config_loads():
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name == path.stem or path.stem == "reference"
+
+
+def test_name_defaults_to_file_stem_and_run_dir_to_runs(write_yaml):
+    cfg = load_config(write_yaml({"model": {"backend": "attention"}}, "my-exp.yaml"))
+    assert cfg.name == "my-exp" and cfg.model.backend == "attention"
+    assert cfg.run_path == Path("runs/my-exp")
+
+
+def test_config_is_frozen(write_yaml):
+    cfg = load_config(write_yaml({}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.backend = "seq2seq"
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("train.lr=0.0005", "train.lr", 0.0005),
+    ("model.bidirectional=false", "model.bidirectional", False),
+    ("data.dir=null", "data.dir", None),
+    ("name=abc", "name", "abc"),
+    ("train.max_steps=10", "train.max_steps", 10),
+])
+def test_parse_override_types_values_like_yaml(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+def test_overrides_apply_with_types(write_yaml):
+    path = write_yaml({"train": {"lr": 0.1}})
+    cfg = load_config(path, ["train.lr=0.002", "model.backend=seq2seq", "data.toy.train_size=50",
+                             "train.max_minutes=2"])
+    assert cfg.train.lr == 0.002 and cfg.model.backend == "seq2seq"
+    assert cfg.data.toy.train_size == 50 and cfg.train.max_minutes == 2.0
+
+
+@pytest.mark.parametrize("data, overrides, message", [
+    ({"model": {"backend": "transfomer"}}, [],
+     "exp.yaml: model.backend: 'transfomer' is not one of seq2seq, attention, transformer"),
+    ({"train": {"warmup": 10}}, [], "exp.yaml: train.warmup: unknown key (did you mean 'warmup_steps'?)"),
+    ({"modle": {}}, [], "exp.yaml: modle: unknown key (did you mean 'model'?)"),
+    ({"train": {"lr": "fast"}}, [], "exp.yaml: train.lr: expected a number, got 'fast'"),
+    ({"train": {"max_steps": 1.5}}, [], "exp.yaml: train.max_steps: expected an integer, got 1.5"),
+    ({"model": {"bidirectional": "yes"}}, [], "exp.yaml: model.bidirectional: expected true or false, got 'yes'"),
+    ({"model": 3}, [], "exp.yaml: model: expected a mapping of keys, got 3"),
+    ({"data": {"toy": {"sed": 3}}}, [], "exp.yaml: data.toy.sed: unknown key (did you mean 'seed'?)"),
+    ({"model": {"embed_dim": 30, "heads": 4}}, [], "exp.yaml: model.heads: 4 does not divide model.embed_dim 30"),
+    ({"model": {"dropout": 1.5}}, [], "exp.yaml: model.dropout: must be in [0, 1), got 1.5"),
+    ({"data": {"joint_vocab": False}, "model": {"tie_embeddings": "all"}}, [],
+     "exp.yaml: model.tie_embeddings: 'all' needs data.joint_vocab: true"),
+    ({"model": {"backend": "attention", "embed_dim": 64, "hidden_dim": 128, "tie_embeddings": "decoder"}}, [],
+     "exp.yaml: model.tie_embeddings: tying needs model.embed_dim == model.hidden_dim for RNN backends"),
+    ({}, ["train.lrr=1"], "--set: train.lrr: unknown key (did you mean 'lr'?)"),
+    ({}, ["train.lr.x=1"], "--set: train.lr: is a value, not a section"),
+    ({}, ["model.backend=rnn"], "exp.yaml: model.backend: 'rnn' is not one of seq2seq, attention, transformer"),
+    ({}, ["train.lr"], "--set train.lr: expected section.key=value"),
+])
+def test_user_mistakes_give_one_line_naming_file_key_and_fix(write_yaml, data, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_yaml(data), overrides)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.endswith(message) or message in text, text
+
+
+def test_missing_file_and_bad_yaml(tmp_path, write_yaml):
+    with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"exp.yaml: line \d+: "):
+        load_config(write_yaml("model:\n  backend: [unclosed\n"))
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(write_yaml("- a\n- b\n"))
