@@ -79,7 +79,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run folder has a checkpoint.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run has checkpoints.")] = False,
 ) -> None:
     """Train a model; validates with sacreBLEU and keeps checkpoints in runs/<name>/ (resumes if one is there)."""
     from mtcli.config import load_config
