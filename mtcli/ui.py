@@ -28,7 +28,7 @@ class TrainingDisplay(Callback):
     def on_start(self, e: StartEvent) -> None:
         c, m = e.config, e.config.model
         what = f"resuming at step {e.resumed_step}" if e.resumed_step else "training"
-        self.console.print(f"[bold]{c.name}[/]: {what} a [bold]{m.backend}[/] model, "
+        self.console.print(f"[bold]{c.name}[/]: {what}: [bold]{m.backend}[/] backend, "
                            f"{e.parameters:,} parameters, on {e.device} -> {e.run_dir}/")
         for note in e.notes:
             self.console.print(f"  {note}", style="dim")
