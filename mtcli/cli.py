@@ -10,13 +10,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from mtcli.errors import MtcliError
+
+if TYPE_CHECKING:
+    from mtcli.checkpoint import Bundle
 
 # Typer's usage errors derive from click's ClickException (vendored inside Typer in recent releases)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -64,7 +67,8 @@ RunArg = Annotated[str | None, typer.Argument(
 BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size (1 = greedy); default: the config's.")]
 
 
-def load(target: str | None, announce: bool = True):  # -> Bundle
+def load(target: str | None, announce: bool = True) -> Bundle:
+    """The checkpoint of a run folder or file; with none given, the newest run's (and say which)."""
     from mtcli.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(target)

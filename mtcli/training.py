@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +175,6 @@ class Progress:
     bad_validations: int = 0
     train_seconds: float = 0.0
     tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -306,8 +305,15 @@ class Trainer:
         validated_at = p.step if p.step else -1
         interval_loss, interval_tokens, interval_start = 0.0, 0, time.perf_counter()
         try:
-            while reason is None and (not cfg.train.max_epochs or p.epoch <= cfg.train.max_epochs):
-                for index in self._epoch_batches(p.epoch)[p.batch_in_epoch:]:
+            while reason is None:
+                batches = self._epoch_batches(p.epoch)
+                if p.batch_in_epoch >= len(batches):  # this epoch is done
+                    if cfg.train.max_epochs and p.epoch >= cfg.train.max_epochs:
+                        reason = "max_epochs"
+                        break
+                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                    continue
+                for index in batches[p.batch_in_epoch:]:
                     batch = collate([self.data.train[i] for i in index], index)
                     loss = self._update(batch)
                     p.batch_in_epoch += 1
@@ -328,9 +334,6 @@ class Trainer:
                     reason = self._stop_reason()
                     if reason:
                         break
-                else:
-                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-            reason = reason or "max_epochs"
         except KeyboardInterrupt:
             reason = "interrupted"
         p.train_seconds += time.perf_counter() - interval_start

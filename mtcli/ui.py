@@ -80,7 +80,7 @@ def scores_table(scores: dict[str, Score], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("score", justify="right")
-    table.add_column("signature", style="dim")
+    table.add_column("signature", style="dim", overflow="fold")
     for score in scores.values():
         table.add_row(score.name, f"{score.score:.2f}", score.signature)
     return table

@@ -68,7 +68,10 @@ def test_early_stopping_on_patience(tmp_path):
 def test_max_epochs_stops_training(tmp_path):
     cfg = tiny_config("seq2seq", tmp_path / "run", train={"max_steps": 0, "max_epochs": 1, "validate_every": 1000})
     end = train(cfg)
-    assert end.reason == "max_epochs" and end.epoch == 2 and end.step > 0
+    assert end.reason == "max_epochs" and end.epoch == 1 and end.step > 0
+    two = train(tiny_config("seq2seq", tmp_path / "run2",
+                            train={"max_steps": 0, "max_epochs": 2, "validate_every": 1000}))
+    assert two.epoch == 2 and two.step == 2 * end.step  # the same number of batches every epoch
 
 
 def test_schedules():
