@@ -137,7 +137,7 @@ def translate(
     beam: BeamOpt = None,
 ) -> None:
     """Translate a sentence, a file or stdin, one output line per input line."""
-    from mtcli.data.corpus import read_lines
+    from mtcli.data.corpus import read_lines, split_lines
     from mtcli.evaluation import translator
 
     if text is not None:
@@ -145,7 +145,7 @@ def translate(
     elif input_file is not None:
         lines = read_lines(input_file)
     elif not sys.stdin.isatty():
-        lines = sys.stdin.read().splitlines()
+        lines = split_lines(sys.stdin.read())
     else:
         raise MtcliError("nothing to translate: give a sentence, --input FILE, or lines on stdin")
     bundle = load(checkpoint)

@@ -6,6 +6,7 @@ This module knows nothing of data, models or the terminal.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -140,6 +141,8 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     """Check `value` (parsed YAML) against the annotation `tp`; return the typed value."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if value is None:  # a section with every key commented out
+            value = {}
         if not isinstance(value, dict):
             _fail(source, path, f"expected a mapping of keys, got {value!r}")
         return _build(tp, value, source, path)
@@ -212,8 +215,9 @@ def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
         if depth == len(keys) - 1:
             node[key] = value
         else:
-            child = node.get(key)
-            node = node.setdefault(key, {}) if child is None else child
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 _fail(source, ".".join(keys[: depth + 1]), "expected a mapping of keys")
 
@@ -280,7 +284,7 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
 
 def config_from_dict(data: dict, source: str, overrides: list[str] = ()) -> ExperimentConfig:
     """Build a checked config from plain data plus `section.key=value` overrides."""
-    tree = dict(data)
+    tree = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
         _set_path(tree, key, value, "--set")

@@ -28,6 +28,11 @@ def test_name_defaults_to_file_stem_and_run_dir_to_runs(write_yaml):
     assert cfg.run_path == Path("runs/my-exp")
 
 
+def test_empty_sections_mean_defaults(write_yaml):
+    cfg = load_config(write_yaml("model:\ntrain:\n"), ["model.heads=8"])
+    assert cfg.model.heads == 8 and cfg.train.lr == ExperimentConfig().train.lr
+
+
 def test_config_is_frozen(write_yaml):
     cfg = load_config(write_yaml({}))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -44,6 +44,11 @@ def read_lines(path: Path) -> list[str]:
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x})") from None
     if not text.strip():
         raise DataError(f"{path}: file is empty")
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on newlines only (not on the other characters str.splitlines knows), CR removed."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
