@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mtcli.checkpoint import BEST, LATEST, read_checkpoint, save_checkpoint
 from mtcli.config import ExperimentConfig, TrainConfig, config_to_dict, dump_config
-from mtcli.data.batching import Batch, Example, collate, iterate_batches, pair_length, token_batches
+from mtcli.data.batching import Batch, collate, iterate_batches, pair_length, token_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
 from mtcli.errors import ConfigError
@@ -146,10 +146,10 @@ def batch_loss(model: Backend, batch: Batch, smoothing: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dev_loss(model: Backend, examples: list[Example], batch_tokens: int, device: torch.device) -> float:
+def dev_loss(model: Backend, batches: list[Batch], device: torch.device) -> float:
     model.eval()
     total, tokens = 0.0, 0
-    for batch in iterate_batches(examples, batch_tokens):
+    for batch in batches:
         total += float(batch_loss(model, batch.to(device), 0.0))
         tokens += batch.n_tgt_tokens
     model.train()
@@ -192,6 +192,10 @@ class Trainer:
             tokenizers = (tokenizer_from_state(resume["tokenizers"]["src"]),
                           tokenizer_from_state(resume["tokenizers"]["tgt"]))
         self.data: PreparedData = prepare_data(cfg.data, cfg.train.seed, tokenizers)
+        self.dev_batches = iterate_batches(self.data.dev, cfg.train.batch_tokens)  # collated once, reused
+        self.train_lengths = [pair_length(e) for e in self.data.train]
+        self.train_src_lengths = [len(e.src) for e in self.data.train]
+        self.batches_per_epoch = len(self._epoch_batches(1))  # the same for every epoch
         self.model = build_model(cfg.model, self.data.src_tokenizer.vocab_size, self.data.tgt_tokenizer.vocab_size)
         self.model.to(self.device).train()
         optim = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
@@ -248,7 +252,7 @@ class Trainer:
 
     def validate(self) -> ValidationEvent:
         cfg, start = self.cfg, time.perf_counter()
-        loss = dev_loss(self.model, self.data.dev, cfg.train.batch_tokens, self.device)
+        loss = dev_loss(self.model, self.dev_batches, self.device)
         hyps = decode_examples(self.model, self.data.dev, cfg.decode, cfg.train.valid_beam_size)
         texts = [self.data.tgt_tokenizer.decode(h.tokens) for h in hyps]
         refs = self.data.dev_text.tgt
@@ -274,15 +278,14 @@ class Trainer:
 
     def total_steps(self) -> int:
         """Where training stops at the latest: max_steps or max_epochs x batches per epoch (0: unknown)."""
-        by_epochs = len(self._epoch_batches(1)) * self.cfg.train.max_epochs
+        by_epochs = self.batches_per_epoch * self.cfg.train.max_epochs
         limits = [s for s in (by_epochs, self.cfg.train.max_steps) if s]
         return min(limits) if limits else 0
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The example indices of each batch of `epoch`: a pure function of (seed, epoch)."""
-        lengths = [pair_length(e) for e in self.data.train]
-        return token_batches(lengths, self.cfg.train.batch_tokens, self.cfg.train.seed * 100003 + epoch,
-                             [len(e.src) for e in self.data.train])
+        return token_batches(self.train_lengths, self.cfg.train.batch_tokens, self.cfg.train.seed * 100003 + epoch,
+                             self.train_src_lengths)
 
     def _stop_reason(self) -> str | None:
         cfg, p = self.cfg.train, self.progress
@@ -306,14 +309,13 @@ class Trainer:
         interval_loss, interval_tokens, interval_start = 0.0, 0, time.perf_counter()
         try:
             while reason is None:
-                batches = self._epoch_batches(p.epoch)
-                if p.batch_in_epoch >= len(batches):  # this epoch is done
+                if p.batch_in_epoch >= self.batches_per_epoch:  # this epoch is done
                     if cfg.train.max_epochs and p.epoch >= cfg.train.max_epochs:
                         reason = "max_epochs"
                         break
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
                     continue
-                for index in batches[p.batch_in_epoch:]:
+                for index in self._epoch_batches(p.epoch)[p.batch_in_epoch:]:
                     batch = collate([self.data.train[i] for i in index], index)
                     loss = self._update(batch)
                     p.batch_in_epoch += 1

@@ -84,7 +84,7 @@ def test_outputs_stop_at_the_length_limit_with_eos():
     assert output_limits(mask, max_len=5, ratio=1.0).tolist() == [5, 5]
 
 
-def test_batched_search_equals_one_by_one():
+def test_every_sentence_of_a_batch_gets_the_best_answer():
     model = TableModel(TRAP)
     together = run(model, beam_search, batch=4, beam_size=2)
     assert all(h[0].tokens == [B] for h in together)

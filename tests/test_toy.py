@@ -2,7 +2,7 @@ from collections import Counter
 
 from mtcli.config import ToyConfig
 from mtcli.data import toy
-from mtcli.data.toy import ToyGrammar, toy_split
+from mtcli.data.toy import toy_split
 
 SMALL = ToyConfig(seed=3, train_size=400, dev_size=50, test_size=50)
 
@@ -46,11 +46,6 @@ def test_word_translations_follow_the_gold_alignment():
         for s, t in pair.alignment:
             if src[s] in lexicon:
                 assert tgt[t] == lexicon[src[s]]
-
-
-def _phrase(fn):
-    import random
-    return fn(ToyGrammar(random.Random(0)))
 
 
 def test_grammar_reorders_like_the_target_language():
