@@ -2,12 +2,17 @@
 
 Written atomically (temporary file, fsync, rename) and read with torch.load(weights_only=True), so a
 checkpoint holds only tensors and plain data and loading never runs code from the file.
+
+A run folder keeps its checkpoints in `checkpoints/step-NNNNNNNN.pt`; `latest.pt` and `best.pt` point to
+one of them (symbolic links, replaced atomically; copies where the file system has no links), and
+`prune` keeps the newest `keep_last` and the `keep_best` best of them.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,7 @@ from mtcli.models import Backend, build_model
 
 FORMAT = "mtcli-checkpoint-1"
 BEST, LATEST = "best.pt", "latest.pt"
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -49,6 +55,63 @@ def atomic_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def step_file(step: int) -> str:
+    """The run-folder-relative name of the checkpoint written at `step`."""
+    return f"{CHECKPOINTS}/step-{step:08d}.pt"
+
+
+def point(run_dir: Path, pointer: str, target: str) -> None:
+    """Make `run_dir/pointer` refer to `run_dir/target`, atomically (a link, else a hard link, else a copy)."""
+    tmp = run_dir / f".{pointer}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(target, tmp)
+    except OSError:
+        try:
+            os.link(run_dir / target, tmp)
+        except OSError:
+            shutil.copyfile(run_dir / target, tmp)
+    os.replace(tmp, run_dir / pointer)
+
+
+def pointed(run_dir: Path, pointer: str) -> str | None:
+    """The run-folder-relative file a pointer refers to (None: no pointer, or a plain file)."""
+    path = run_dir / pointer
+    if not path.is_symlink():
+        return None
+    return os.path.relpath(path.resolve(), run_dir.resolve())
+
+
+def kept_checkpoints(entries: list[dict[str, Any]], keep_last: int, keep_best: int,
+                     lower_is_better: bool) -> list[dict[str, Any]]:
+    """The newest `keep_last` and the `keep_best` best of the {"file", "step", "value"} records.
+
+    A record with value None (a checkpoint written on interruption) counts only as recent; ties in
+    value keep the earlier step, the one the `best` pointer names.
+    """
+    newest = sorted(entries, key=lambda e: e["step"])[-keep_last:]
+    scored = [e for e in entries if e["value"] is not None]
+    best = sorted(scored, key=lambda e: (e["value"] if lower_is_better else -e["value"], e["step"]))[:keep_best]
+    files = {e["file"] for e in newest + best}
+    return [e for e in entries if e["file"] in files]
+
+
+def prune(run_dir: Path, kept: list[dict[str, Any]]) -> None:
+    """Delete the step checkpoints not in `kept` (the files `latest` and `best` point to always stay)."""
+    keep = {e["file"] for e in kept} | {pointed(run_dir, LATEST), pointed(run_dir, BEST)}
+    for path in (run_dir / CHECKPOINTS).glob("step-*.pt"):
+        if f"{CHECKPOINTS}/{path.name}" not in keep:
+            path.unlink(missing_ok=True)
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """Temporary files a killed save left behind (never under a real name, so nothing else is lost)."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, model: Backend, config: ExperimentConfig, src_tokenizer: Tokenizer,

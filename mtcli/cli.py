@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,8 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MtcliError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
+            typer.echo(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", err=True)
             raise typer.Exit(1) from None
     return wrapper
 
@@ -85,7 +87,11 @@ def train(
         "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run has checkpoints.")] = False,
 ) -> None:
-    """Train a model; validates with sacreBLEU and keeps checkpoints in runs/<name>/ (resumes if one is there)."""
+    """Train a model; validates with sacreBLEU and keeps checkpoints in runs/<name>/ (resumes if one is there).
+
+    Ctrl-C or SIGTERM stops at the next update with a final checkpoint (exit code 130 or 143).
+    For several processes or machines: torchrun --nproc_per_node N -m mtcli train CONFIG.
+    """
     from mtcli.config import load_config
     from mtcli.runlog import RunLog
     from mtcli.training import train as run_training
@@ -94,9 +100,10 @@ def train(
     cfg = load_config(config, overrides or [])
     end = run_training(cfg, [RunLog(cfg.run_path), TrainingDisplay(stdout)], restart=restart)
     if end.reason == "interrupted":
-        stderr.print(f"interrupted: progress saved in {cfg.run_path}/; run the same command to resume",
-                     soft_wrap=True)
-        raise typer.Exit(130)
+        saved = f"saved {end.saved}" if end.saved else "nothing saved yet"
+        stderr.print(f"stopped by {end.signal or 'an interrupt'} at step {end.step}: {saved}; "
+                     "run the same command to resume", soft_wrap=True)
+        raise typer.Exit(143 if end.signal == "SIGTERM" else 130)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,8 +71,10 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1
     device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     threads: int = 0
     batch_tokens: int = 4096
+    accumulate: int = 1
     max_epochs: int = 20
     max_steps: int = 0
     max_minutes: float = 0.0
@@ -93,6 +96,8 @@ class TrainConfig:
     samples: int = 3
     best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
     patience: int = 0
+    keep_last: int = 3
+    keep_best: int = 1
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,9 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     """Check `value` (parsed YAML) against the annotation `tp`; return the typed value."""
     origin = typing.get_origin(tp)
@@ -172,6 +180,8 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
             _fail(source, path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; every user writes it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(source, path, f"expected a number, got {value!r}")
         return float(value)
@@ -243,7 +253,9 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
         "data.vocab_size": cfg.data.vocab_size, "data.max_len": cfg.data.max_len,
         "train.batch_tokens": cfg.train.batch_tokens, "train.lr": cfg.train.lr,
         "train.log_every": cfg.train.log_every, "train.validate_every": cfg.train.validate_every,
-        "train.valid_beam_size": cfg.train.valid_beam_size, "decode.beam_size": cfg.decode.beam_size,
+        "train.valid_beam_size": cfg.train.valid_beam_size, "train.accumulate": cfg.train.accumulate,
+        "train.keep_last": cfg.train.keep_last, "train.keep_best": cfg.train.keep_best,
+        "decode.beam_size": cfg.decode.beam_size,
         "decode.max_len": cfg.decode.max_len, "decode.batch_size": cfg.decode.batch_size,
         "data.toy.train_size": cfg.data.toy.train_size, "data.toy.dev_size": cfg.data.toy.dev_size,
         "data.toy.test_size": cfg.data.toy.test_size, "data.toy.min_len": cfg.data.toy.min_len,

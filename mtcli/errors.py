@@ -15,3 +15,7 @@ class DataError(MtcliError):
 
 class CheckpointError(MtcliError):
     """A missing, damaged or unsafe checkpoint."""
+
+
+class TrainingError(MtcliError):
+    """Training cannot go on (a diverged loss); the last good checkpoint is kept."""

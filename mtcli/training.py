@@ -5,25 +5,30 @@ It reports only through callbacks (events below) and never imports Rich; the CLI
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mtcli.checkpoint import BEST, LATEST, read_checkpoint, save_checkpoint
+from mtcli import checkpoint as ckpt
+from mtcli import distributed
+from mtcli.checkpoint import BEST, LATEST, pointed, read_checkpoint
 from mtcli.config import ExperimentConfig, TrainConfig, config_to_dict, dump_config
 from mtcli.data.batching import Batch, collate, iterate_batches, pair_length, token_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
-from mtcli.errors import ConfigError
+from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mtcli.inference import decode_examples
 from mtcli.metrics import Score, bleu, chrf
 from mtcli.models import Backend, build_model
+from mtcli.runtime import Precision, StopSignals, resolve_device, resolve_precision
 
 # ---------------------------------------------------------------- events
 
@@ -36,7 +41,7 @@ class StartEvent:
     train_pairs: int
     dev_pairs: int
     total_steps: int  # the step at which training will stop at the latest (estimate with max_minutes)
-    device: str
+    device: str  # e.g. "cpu, bf16" or "cuda:0, fp16, 2 processes"
     notes: list[str]
     resumed_step: int = 0
 
@@ -79,7 +84,9 @@ class EndEvent:
     best_step: int
     train_seconds: float
     tokens_per_s: float
-    checkpoint: Path | None
+    checkpoint: Path | None  # best.pt, if there is one
+    signal: str | None = None  # SIGINT or SIGTERM when interrupted
+    saved: Path | None = None  # the last checkpoint written (on interruption: the final one)
 
 
 class Callback:
@@ -130,15 +137,7 @@ class Schedule:
 # ---------------------------------------------------------------- helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for, but no CUDA device is available (use cpu or auto)")
-    return torch.device(name)
-
-
-def batch_loss(model: Backend, batch: Batch, smoothing: float) -> torch.Tensor:
+def batch_loss(model: torch.nn.Module, batch: Batch, smoothing: float) -> torch.Tensor:
     """Summed cross-entropy over the batch's real target tokens."""
     logits = model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD,
@@ -162,6 +161,8 @@ def better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -169,42 +170,95 @@ def better(metric: str, value: float, best: float | None) -> bool:
 class Progress:
     step: int = 0
     epoch: int = 1
-    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on, by all processes together
     best_value: float | None = None
     best_step: int = 0
     bad_validations: int = 0
     train_seconds: float = 0.0
     tokens: int = 0
+    checkpoints: list[dict] = field(default_factory=list)  # {"file", "step", "value"} of the kept step files
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, callbacks: list[Callback], restart: bool = False):
+    """One model trained on one process, or on each of torchrun's processes with DistributedDataParallel.
+
+    Every process reads the data and builds the same batches; update k takes the next
+    processes x accumulate batches and each process trains on its share of them. Only rank 0 emits
+    events, validates and writes checkpoints; the stop decisions are agreed by all processes.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, callbacks: list[Callback], restart: bool = False,
+                 signals: StopSignals | None = None):
         self.cfg, self.callbacks = cfg, callbacks
+        self.signals = signals or StopSignals()
         self.run_dir = cfg.run_path
-        self.device = resolve_device(cfg.train.device)
+        self.world = distributed.world_from_env()
+        self.device = resolve_device(cfg.train.device, self.world)
+        self.precision = Precision(resolve_precision(cfg.train.precision, self.device), self.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        distributed.start(self.world, self.device)
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         resume = None if restart else self._resumable()
-        tokenizers = None
-        if resume is not None:
-            tokenizers = (tokenizer_from_state(resume["tokenizers"]["src"]),
-                          tokenizer_from_state(resume["tokenizers"]["tgt"]))
-        self.data: PreparedData = prepare_data(cfg.data, cfg.train.seed, tokenizers)
+        self.data = self._prepare_data(resume)
         self.dev_batches = iterate_batches(self.data.dev, cfg.train.batch_tokens)  # collated once, reused
         self.train_lengths = [pair_length(e) for e in self.data.train]
         self.train_src_lengths = [len(e.src) for e in self.data.train]
+        self.tgt_tokens = [len(e.tgt) + 1 for e in self.data.train]
         self.batches_per_epoch = len(self._epoch_batches(1))  # the same for every epoch
+        if not self.batches_per_epoch:
+            raise DataError(f"{self.data.notes[0]}: fewer training batches than the {self.world.size} processes")
         self.model = build_model(cfg.model, self.data.src_tokenizer.vocab_size, self.data.tgt_tokenizer.vocab_size)
         self.model.to(self.device).train()
+        self.net: torch.nn.Module = self.model
+        if self.world.distributed:  # the same initial weights everywhere (DDP checks), then own dropout streams
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+            torch.manual_seed(cfg.train.seed + 1_000_003 * self.world.rank)
         optim = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optim(self.model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
                                weight_decay=cfg.train.weight_decay)
         self.schedule = Schedule(cfg.train)
         self.progress = Progress()
+        self.saved_at = -1  # the step of the last checkpoint written or restored
         if resume is not None:
             self._restore(resume)
+
+    # ----- data
+
+    def _prepare_data(self, resume: dict | None) -> PreparedData:
+        """Resuming reuses the stored tokenizers; under torchrun rank 0 trains them and sends them round."""
+        cfg, tokenizers = self.cfg, None
+        if resume is not None:
+            tokenizers = (tokenizer_from_state(resume["tokenizers"]["src"]),
+                          tokenizer_from_state(resume["tokenizers"]["tgt"]))
+        elif self.world.distributed:
+            data = prepare_data(cfg.data, cfg.train.seed) if self.world.main else None
+            states = distributed.broadcast(
+                (data.src_tokenizer.state(), data.tgt_tokenizer.state()) if data else None, self.world)
+            if data is not None:
+                return data
+            tokenizers = (tokenizer_from_state(states[0]), tokenizer_from_state(states[1]))
+        return prepare_data(cfg.data, cfg.train.seed, tokenizers)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The example indices of each batch of `epoch`: a pure function of (seed, epoch).
+
+        With N processes the last few batches (fewer than N) are left out so that every process
+        gets the same number; the shuffle changes which ones from epoch to epoch.
+        """
+        batches = token_batches(self.train_lengths, self.cfg.train.batch_tokens,
+                                self.cfg.train.seed * 100003 + epoch, self.train_src_lengths)
+        return batches[: len(batches) - len(batches) % self.world.size]
+
+    def _groups(self) -> list[list[list[int]]]:
+        """The rest of this epoch's batches, `processes x accumulate` per update."""
+        rest = self._epoch_batches(self.progress.epoch)[self.progress.batch_in_epoch:]
+        rest = rest[: len(rest) - len(rest) % self.world.size]
+        size = self.world.size * self.cfg.train.accumulate
+        return [rest[i: i + size] for i in range(0, len(rest), size)]
 
     # ----- resume
 
@@ -219,6 +273,8 @@ class Trainer:
             if stored.get(section) != now[section]:
                 raise ConfigError(f"{self.run_dir}: holds a run with a different {section} section; "
                                   "pass --restart to start it over, or set run_dir to a new folder")
+        if not data.get("training"):
+            raise CheckpointError(f"{path}: holds no training state to resume from; pass --restart")
         return data
 
     def _restore(self, data: dict) -> None:
@@ -227,31 +283,72 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load(state["schedule"])
         self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"])
+        if state.get("scaler") and self.precision.scaler.is_enabled():
+            self.precision.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"] if isinstance(state["rng"], list) else [{"torch": state["rng"]}]
+        if len(rng) == self.world.size:  # the same processes as before: each continues its own random stream
+            mine = rng[self.world.rank]
+            torch.set_rng_state(mine["torch"])
+            if mine.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+        else:  # another number of processes: fresh, but still seeded, streams
+            torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.world.rank + self.progress.step)
+        self.saved_at = self.progress.step
 
-    def _training_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state(),
-                "progress": vars(self.progress).copy(), "rng": torch.get_rng_state()}
+    def _rng_state(self) -> dict:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
 
-    def _save(self, name: str) -> Path:
-        path = self.run_dir / name
-        meta = {"step": self.progress.step, "epoch": self.progress.epoch, "metric": self.cfg.train.best_metric,
-                "best_value": self.progress.best_value, "best_step": self.progress.best_step,
-                "parameters": self.model.parameter_count(), "train_seconds": round(self.progress.train_seconds, 1)}
-        save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer, meta,
-                        self._training_state() if name == LATEST else None)
+    # ----- checkpoints
+
+    def _save(self, value: float | None, improved: bool) -> Path | None:
+        """Write checkpoints/step-N.pt (weights and the whole training state), move the pointers, prune.
+
+        Collective: every process hands over its random state; rank 0 writes. A failed write (disk full)
+        stops training with the previous checkpoints untouched.
+        """
+        rng = distributed.gather(self._rng_state(), self.world)
+        self.saved_at = self.progress.step
+        if not self.world.main:
+            return None
+        cfg, p = self.cfg.train, self.progress
+        file = ckpt.step_file(p.step)
+        entries = [e for e in p.checkpoints if e["file"] != file] + [{"file": file, "step": p.step, "value": value}]
+        p.checkpoints = ckpt.kept_checkpoints(entries, cfg.keep_last, cfg.keep_best, cfg.best_metric == "loss")
+        training = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state(),
+                    "progress": copy.deepcopy(vars(p)), "rng": rng}
+        if self.precision.scaler.is_enabled():
+            training["scaler"] = self.precision.scaler.state_dict()
+        meta = {"step": p.step, "epoch": p.epoch, "metric": cfg.best_metric, "value": value,
+                "best_value": p.best_value, "best_step": p.best_step, "parameters": self.model.parameter_count(),
+                "train_seconds": round(p.train_seconds, 1), "precision": self.precision.name,
+                "processes": self.world.size}
+        path = self.run_dir / file
+        try:
+            ckpt.save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer, meta,
+                            training)
+            ckpt.point(self.run_dir, LATEST, file)
+            if improved:
+                ckpt.point(self.run_dir, BEST, file)
+        except OSError as exc:
+            previous = pointed(self.run_dir, LATEST)
+            kept = f"the previous checkpoint {self.run_dir / previous} is intact" if previous else "nothing saved"
+            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
+        ckpt.prune(self.run_dir, p.checkpoints)
         return path
 
     # ----- events
 
     def emit(self, name: str, event: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, name)(event)
+        if self.world.main:
+            for callback in self.callbacks:
+                getattr(callback, name)(event)
 
     # ----- validation
 
-    def validate(self) -> ValidationEvent:
-        cfg, start = self.cfg, time.perf_counter()
+    def _dev_scores(self) -> tuple[float, Score, float, list[tuple[str, str, str]]]:
+        """Rank 0: dev loss, BLEU, the selection metric's value and a few samples."""
+        cfg = self.cfg
         loss = dev_loss(self.model, self.dev_batches, self.device)
         hyps = decode_examples(self.model, self.data.dev, cfg.decode, cfg.train.valid_beam_size)
         texts = [self.data.tgt_tokenizer.decode(h.tokens) for h in hyps]
@@ -259,33 +356,35 @@ class Trainer:
         score = bleu(texts, refs)
         value = {"bleu": lambda: score.score, "loss": lambda: loss,
                  "chrf": lambda: chrf(texts, refs).score}[cfg.train.best_metric]()
-        progress = self.progress
-        improved = better(cfg.train.best_metric, value, progress.best_value)
-        if improved:
-            progress.best_value, progress.best_step, progress.bad_validations = value, progress.step, 0
-        else:
-            progress.bad_validations += 1
-        self.schedule.validated(improved)
-        if improved:
-            self._save(BEST)
-        self._save(LATEST)
         samples = [(self.data.dev_text.src[i], refs[i], texts[i]) for i in range(min(cfg.train.samples, len(texts)))]
-        return ValidationEvent(progress.step, progress.epoch, loss, math.exp(min(loss, 50.0)), score, samples,
-                               cfg.train.best_metric, value, progress.best_value, progress.best_step, improved,
-                               progress.bad_validations, time.perf_counter() - start)
+        return loss, score, value, samples
+
+    def validate(self) -> None:
+        """Validate (rank 0), agree on the result, checkpoint, report. Called by every process."""
+        start, p, metric = time.perf_counter(), self.progress, self.cfg.train.best_metric
+        scores = self._dev_scores() if self.world.main else None
+        value = distributed.broadcast(scores[2] if scores else None, self.world)
+        improved = better(metric, value, p.best_value)
+        if improved:
+            p.best_value, p.best_step, p.bad_validations = value, p.step, 0
+        else:
+            p.bad_validations += 1
+        self.schedule.validated(improved)
+        self._save(value, improved)
+        if scores is not None:
+            loss, score, _, samples = scores
+            self.emit("on_validation", ValidationEvent(
+                p.step, p.epoch, loss, math.exp(min(loss, 50.0)), score, samples, metric, value, p.best_value,
+                p.best_step, improved, p.bad_validations, time.perf_counter() - start))
 
     # ----- training
 
     def total_steps(self) -> int:
-        """Where training stops at the latest: max_steps or max_epochs x batches per epoch (0: unknown)."""
-        by_epochs = self.batches_per_epoch * self.cfg.train.max_epochs
+        """Where training stops at the latest: max_steps or max_epochs x updates per epoch (0: unknown)."""
+        per_update = self.world.size * self.cfg.train.accumulate
+        by_epochs = -(-self.batches_per_epoch // per_update) * self.cfg.train.max_epochs
         limits = [s for s in (by_epochs, self.cfg.train.max_steps) if s]
         return min(limits) if limits else 0
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The example indices of each batch of `epoch`: a pure function of (seed, epoch)."""
-        return token_batches(self.train_lengths, self.cfg.train.batch_tokens, self.cfg.train.seed * 100003 + epoch,
-                             self.train_src_lengths)
 
     def _stop_reason(self) -> str | None:
         cfg, p = self.cfg.train, self.progress
@@ -297,74 +396,117 @@ class Trainer:
             return "early_stopping"
         return None
 
+    def _device_text(self) -> str:
+        parts = [str(self.device), self.precision.name]
+        if self.world.distributed:
+            parts.append(f"{self.world.size} processes")
+        if self.cfg.train.accumulate > 1:
+            parts.append(f"{self.cfg.train.accumulate} batches per update")
+        return ", ".join(parts)
+
     def run(self) -> EndEvent:
         cfg, p = self.cfg, self.progress
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial_files(self.run_dir)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         total = self.total_steps()
         self.emit("on_start", StartEvent(self.run_dir, cfg, self.model.parameter_count(), len(self.data.train),
-                                         len(self.data.dev), total, str(self.device), self.data.notes, p.step))
+                                         len(self.data.dev), total, self._device_text(), self.data.notes, p.step))
         reason = self._stop_reason()
-        validated_at = p.step if p.step else -1
-        interval_loss, interval_tokens, interval_start = 0.0, 0, time.perf_counter()
-        try:
-            while reason is None:
-                if p.batch_in_epoch >= self.batches_per_epoch:  # this epoch is done
-                    if cfg.train.max_epochs and p.epoch >= cfg.train.max_epochs:
-                        reason = "max_epochs"
-                        break
-                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                    continue
-                for index in self._epoch_batches(p.epoch)[p.batch_in_epoch:]:
-                    batch = collate([self.data.train[i] for i in index], index)
-                    loss = self._update(batch)
-                    p.batch_in_epoch += 1
-                    interval_loss += loss
-                    interval_tokens += batch.n_tgt_tokens
-                    if p.step % cfg.train.log_every == 0:
-                        seconds = time.perf_counter() - interval_start
-                        p.train_seconds += seconds
-                        self.emit("on_step", StepEvent(p.step, p.epoch, interval_loss / max(interval_tokens, 1),
-                                                       self.schedule.lr(p.step), interval_tokens / max(seconds, 1e-9),
-                                                       p.train_seconds, total))
-                        interval_loss, interval_tokens, interval_start = 0.0, 0, time.perf_counter()
-                    if p.step % cfg.train.validate_every == 0:
-                        p.train_seconds += time.perf_counter() - interval_start
-                        self.emit("on_validation", self.validate())
-                        validated_at = p.step
-                        interval_loss, interval_tokens, interval_start = 0.0, 0, time.perf_counter()
-                    reason = self._stop_reason()
-                    if reason:
-                        break
-        except KeyboardInterrupt:
-            reason = "interrupted"
-        p.train_seconds += time.perf_counter() - interval_start
+        interval_loss, interval_tokens, interval_seconds = 0.0, 0, 0.0
+        while reason is None:
+            if p.batch_in_epoch >= self.batches_per_epoch:  # this epoch is done
+                if cfg.train.max_epochs and p.epoch >= cfg.train.max_epochs:
+                    reason = "max_epochs"
+                    break
+                p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                continue
+            for group in self._groups():
+                loss, tokens, seconds, stop = self._update(group)
+                interval_loss, interval_tokens, interval_seconds = (interval_loss + loss, interval_tokens + tokens,
+                                                                   interval_seconds + seconds)
+                if p.step % cfg.train.log_every == 0:
+                    self.emit("on_step", StepEvent(p.step, p.epoch, interval_loss / max(interval_tokens, 1),
+                                                   self.schedule.lr(p.step),
+                                                   interval_tokens / max(interval_seconds, 1e-9),
+                                                   p.train_seconds, total))
+                    interval_loss, interval_tokens, interval_seconds = 0.0, 0, 0.0
+                if stop:
+                    reason = "interrupted"
+                    break
+                if p.step % cfg.train.validate_every == 0:
+                    self.validate()
+                reason = self._stop_reason()
+                if reason:
+                    break
+            else:
+                p.batch_in_epoch = self.batches_per_epoch  # a remainder too small for every process
+        saved = None
         if reason == "interrupted":
-            self._save(LATEST)
-        elif validated_at != p.step:
-            self.emit("on_validation", self.validate())  # the final weights are validated and saved
+            if self.saved_at != p.step:
+                saved = self._save(None, False)
+        elif self.saved_at != p.step:
+            self.validate()  # the final weights are validated and saved
         best = self.run_dir / BEST
+        if saved is None and self.world.main and (self.run_dir / LATEST).exists():
+            saved = self.run_dir / LATEST
         end = EndEvent(p.step, p.epoch, reason, cfg.train.best_metric, p.best_value, p.best_step, p.train_seconds,
-                       p.tokens / max(p.train_seconds, 1e-9), best if best.is_file() else None)
+                       p.tokens / max(p.train_seconds, 1e-9), best if best.is_file() else None,
+                       self.signals.name if reason == "interrupted" else None, saved)
         self.emit("on_end", end)
         return end
 
-    def _update(self, batch: Batch) -> float:
-        p = self.progress
+    def _update(self, group: list[list[int]]) -> tuple[float, int, float, bool]:
+        """One optimizer step on `group` (this process trains on every N-th batch of it).
+
+        Returns the summed loss and the target tokens of the whole group, the seconds it took, and
+        whether any process was asked to stop. The loss is normalised by the group's target tokens,
+        so N processes x k batches give the same gradient as one process accumulating N*k batches.
+        """
+        cfg, p, start = self.cfg.train, self.progress, time.perf_counter()
         p.step += 1
-        lr = self.schedule.lr(p.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        batch = batch.to(self.device)
-        loss = batch_loss(self.model, batch, self.cfg.train.label_smoothing)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.schedule.lr(p.step)
+        tokens = sum(self.tgt_tokens[i] for batch in group for i in batch)
+        scale = self.world.size / tokens  # DDP averages gradients over the processes
+        mine = group[self.world.rank:: self.world.size]
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.n_tgt_tokens).backward()
-        if self.cfg.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
-        self.optimizer.step()
-        p.tokens += batch.n_tgt_tokens
-        return loss.item()
+        loss_sum = 0.0
+        for k, index in enumerate(mine):
+            batch = collate([self.data.train[i] for i in index], index).to(self.device)
+            no_sync = self.world.distributed and k < len(mine) - 1  # gradients are exchanged once per update
+            with self.net.no_sync() if no_sync else contextlib.nullcontext():
+                with self.precision.autocast():
+                    loss = batch_loss(self.net, batch, cfg.label_smoothing)
+                self.precision.scaler.scale(loss * scale).backward()
+            loss_sum += loss.item()
+        scaler = self.precision.scaler
+        if cfg.clip_grad_norm:
+            scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        scaler.step(self.optimizer)
+        scaler.update()
+        seconds = time.perf_counter() - start
+        # one small exchange per update: the loss, stop requests, and rank 0's clock (which decides max_minutes)
+        loss_sum, stops, seconds = distributed.all_sum(
+            [loss_sum, float(self.signals.received is not None), seconds if self.world.main else 0.0], self.world)
+        if not math.isfinite(loss_sum):
+            previous = pointed(self.run_dir, LATEST) if self.world.main else None
+            kept = f"the last good checkpoint is {self.run_dir / previous}" if previous else "nothing was saved"
+            raise TrainingError(f"training diverged: the loss is {loss_sum} at step {p.step}; stopped without "
+                                f"saving it ({kept}); try a lower train.lr, a longer train.warmup_steps or "
+                                "train.clip_grad_norm")
+        p.batch_in_epoch += len(group)
+        p.tokens += tokens
+        p.train_seconds += seconds
+        return loss_sum, tokens, seconds, stops > 0
 
 
 def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False) -> EndEvent:
-    return Trainer(cfg, list(callbacks), restart).run()
+    """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint."""
+    with StopSignals() as signals:
+        try:
+            return Trainer(cfg, list(callbacks), restart, signals).run()
+        finally:
+            distributed.stop()

@@ -94,3 +94,13 @@ def test_missing_file_and_bad_yaml(tmp_path, write_yaml):
         load_config(write_yaml("model:\n  backend: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(write_yaml("- a\n- b\n"))
+
+
+def test_exponent_notation_without_a_dot_is_a_number(write_yaml):
+    # YAML 1.1 reads `1e-4` as a string; a learning rate is written that way all the time
+    path = write_yaml("train:\n  lr: 1e-4\n  min_lr: 5E-7\n")
+    cfg = load_config(path, ["train.warmup_steps=100", "train.lr=3e-4"])
+    assert cfg.train.lr == 3e-4 and cfg.train.min_lr == 5e-7
+    assert load_config(path).train.lr == 1e-4
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(path, ["train.max_steps=1e3"])

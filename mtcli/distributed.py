@@ -1,0 +1,75 @@
+"""torch.distributed under torchrun: which process this is, and the few collectives training needs.
+
+`torchrun --nproc_per_node N -m mtcli train CONFIG` sets RANK, LOCAL_RANK and WORLD_SIZE; without them
+(a plain `mtcli train`) there is one process and every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+
+
+def start(world: World, device: torch.device) -> None:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA)."""
+    if world.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], world: World) -> list[float]:
+    """Element-wise sum over all processes (float64, so step counts and seconds stay exact)."""
+    if not world.distributed:
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every process (plain picklable data, sent once per validation or at start)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """Every process's `obj`, in rank order, on every process."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,98 @@
+"""Where and how training runs: the device, the numeric precision, and stopping on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any
+
+import torch
+
+from mtcli.distributed import World
+from mtcli.errors import ConfigError
+
+
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """auto | cpu | cuda | cuda:N; under torchrun, auto and cuda mean the process's own GPU (LOCAL_RANK)."""
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not cuda:
+        raise ConfigError(f"train.device: {name!r} asked for, but no CUDA device is available (use cpu or auto)")
+    index = world.local_rank if name == "cuda" else int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: the CPUs on which bf16 matrix products are native, not emulated."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """fp32 | bf16 | fp16 for this device; `auto` picks bf16 where the hardware does it natively."""
+    if device.type == "cuda":
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    if name == "fp16":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+    if name == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return name
+
+
+class Precision:
+    """Autocast for the forward pass and, for fp16, a gradient scaler; fp32 is plain."""
+
+    DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: torch.device):
+        self.name, self.device = name, device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.DTYPES[self.name])
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask training to stop at the next update boundary instead of killing it.
+
+    The loop polls `received`; it then writes a final checkpoint and returns. Repeated signals are
+    ignored (torchrun forwards a Ctrl-C its workers already got), so the final save is never cut short;
+    SIGKILL still ends the process at once, losing only what was trained since the last checkpoint.
+    Handlers are installed only from the main thread (Python's rule) and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received else None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
