@@ -101,8 +101,9 @@ def train(
     end = run_training(cfg, [RunLog(cfg.run_path), TrainingDisplay(stdout)], restart=restart)
     if end.reason == "interrupted":
         saved = f"saved {end.saved}" if end.saved else "nothing saved yet"
-        stderr.print(f"stopped by {end.signal or 'an interrupt'} at step {end.step}: {saved}; "
-                     "run the same command to resume", soft_wrap=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 saved and speaks for all
+            stderr.print(f"stopped by {end.signal or 'an interrupt'} at step {end.step}: {saved}; "
+                         "run the same command to resume", soft_wrap=True)
         raise typer.Exit(143 if end.signal == "SIGTERM" else 130)
 
 

@@ -42,8 +42,13 @@ def start(world: World, device: torch.device) -> None:
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
 
 
-def stop() -> None:
+def stop(clean: bool = True) -> None:
+    """Leave the process group; after a normal end, first wait for everyone (gloo aborts a process that
+    tears down its connections while a peer still uses them). After an error, do not wait: the peers may
+    never arrive, and torchrun stops them when this process exits."""
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -214,8 +214,7 @@ class Trainer:
         self.net: torch.nn.Module = self.model
         if self.world.distributed:  # the same initial weights everywhere (DDP checks), then own dropout streams
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
             torch.manual_seed(cfg.train.seed + 1_000_003 * self.world.rank)
         optim = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optim(self.model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
@@ -507,6 +506,9 @@ def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool =
     """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint."""
     with StopSignals() as signals:
         try:
-            return Trainer(cfg, list(callbacks), restart, signals).run()
-        finally:
-            distributed.stop()
+            end = Trainer(cfg, list(callbacks), restart, signals).run()
+        except BaseException:
+            distributed.stop(clean=False)
+            raise
+        distributed.stop()
+        return end
