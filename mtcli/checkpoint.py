@@ -28,6 +28,8 @@ from mtcli.models import Backend, build_model
 FORMAT = "mtcli-checkpoint-1"
 BEST, LATEST = "best.pt", "latest.pt"
 CHECKPOINTS = "checkpoints"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -42,6 +44,20 @@ class Bundle:
     meta: dict[str, Any]
 
 
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename: never a half-written `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +67,9 @@ def atomic_save(obj: Any, path: Path) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
