@@ -1,0 +1,51 @@
+"""Device and precision selection, as the config asks for them."""
+
+import pytest
+import torch
+
+from mtcli.distributed import World
+from mtcli.errors import ConfigError
+from mtcli.runtime import Precision, cpu_has_bf16, resolve_device, resolve_precision
+
+
+def test_cpu_and_auto_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", World(rank=1, local_rank=1, size=2)).type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_one_line_error(name):
+    with pytest.raises(ConfigError, match=f"train.device: '{name}' asked for, but no CUDA device is available"):
+        resolve_device(name)
+
+
+def test_precision_choices_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights():
+    precision = Precision("bf16", torch.device("cpu"))
+    layer = torch.nn.Linear(4, 3)
+    with precision.autocast():
+        out = layer(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32
+    assert not precision.scaler.is_enabled()  # bf16 needs no loss scaling
+    with Precision("fp32", torch.device("cpu")).autocast():
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_transformer_attention_under_bf16_autocast_matches_fp32():
+    from mtcli.models.transformer import sdpa
+
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
