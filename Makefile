@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO ?= toy-attention
 
-.PHONY: install quickstart demo test lint clean
+.PHONY: install quickstart demo test lint clean toy-length
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ demo:
 	$(BIN)/mtcli evaluate runs/$(DEMO)
 
 quickstart: install demo
+
+toy-length:
+	MTCLI=$(BIN)/mtcli sh experiments/toy-length.sh
 
 test:
 	$(BIN)/python -m pytest

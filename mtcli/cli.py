@@ -132,6 +132,10 @@ def evaluate(
     title = (f"{result.checkpoint} on {result.test_set}: {result.sentences} sentences, "
              f"beam {result.beam_size}, {result.seconds:.1f}s")
     stdout.print(scores_table(result.scores, title))
+    if result.alignment is not None:
+        from mtcli.ui import alignment_line
+
+        stdout.print(alignment_line(result.alignment), soft_wrap=True)
 
 
 @app.command()
@@ -164,32 +168,143 @@ def translate(
 @app.command()
 @user_errors
 def visualize(
-    run: RunArg = None,
+    runs: Annotated[list[str] | None, typer.Argument(
+        metavar="RUN", help="Run folder or checkpoint file; default: the most recent run under runs/. "
+                           "Several run folders with --curves.", show_default=False)] = None,
     sentence: Annotated[str | None, typer.Option("--sentence", "-s",
                                                     help="Source sentence; default: the first test sentence.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also save a figure (.png/.svg/.pdf).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Also save a figure (.png/.svg/.pdf); with --all: the folder for the figures.")] = None,
     beam: BeamOpt = None,
     layer: Annotated[int | None, typer.Option(min=1, help="Transformer: decoder layer (default: last).")] = None,
     head: Annotated[int | None, typer.Option(min=1, help="Transformer: one head (default: mean of heads).")] = None,
+    grid: Annotated[str | None, typer.Option(
+        "--grid", metavar="cross|encoder|decoder", show_default=False,
+        help="Transformer: one figure (-o) with a heatmap per layer (rows) and head (columns) of the "
+             "cross-attention, encoder self-attention or decoder self-attention.")] = None,
+    all_dev: Annotated[int | None, typer.Option(
+        "--all", min=1, metavar="N", show_default=False,
+        help="One figure per sentence for the first N dev sentences, into the folder -o DIR (dev-0001.png, ...).")
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", metavar="png|svg|pdf", show_default=False,
+                                            help="With --all: the figures' format (default png).")] = None,
+    curves: Annotated[bool, typer.Option(
+        "--curves", help="Training curves of one or more runs from metrics.jsonl: a table, and with -o a figure "
+                         "(loss and dev BLEU by step, dev BLEU by training time).")] = False,
 ) -> None:
-    """Show the attention of one translated sentence as a heatmap in the terminal (and as a figure)."""
-    from mtcli.visualize import attention_view
+    """Show the attention of one translated sentence as a heatmap in the terminal (and as a figure);
+    every layer and head of a Transformer (--grid); figures for the dev set (--all); training curves (--curves)."""
+    from mtcli.visualize import attention_views, check_options, default_sentence, dev_sentences, figure_paths
 
-    bundle = load(run)
-    view = attention_view(bundle, sentence, beam, layer, head)
-    if view is None:
+    runs = runs or []
+    check_options(runs, curves=curves, grid=grid, all_dev=all_dev, output=output, sentence=sentence, beam=beam,
+                  layer=layer, head=head, fmt=fmt)
+    if curves:
+        from mtcli.plots import curves_figure, save_figure
+        from mtcli.ui import curves_table
+        from mtcli.visualize import training_curves
+
+        found = training_curves(runs or [None])
+        if not runs:
+            stderr.print(f"using {found[0].path.parent}", style="dim", soft_wrap=True)
+        stdout.print(curves_table(found))
+        if output is not None:
+            stdout.print(f"saved {save_figure(curves_figure(found), output)}", soft_wrap=True)
+        return
+    bundle = load(runs[0] if runs else None)
+    if not bundle.model.has_attention:
         stdout.print(f"{bundle.path}: the {bundle.config.model.backend} backend has no attention "
                      "(its decoder sees one fixed context vector): nothing to show", soft_wrap=True)
         return
-    from mtcli.ui import attention_heatmap
+    if all_dev is not None:
+        sentences = dev_sentences(bundle, all_dev)
+    else:
+        sentences = [default_sentence(bundle) if sentence is None else sentence]
+    views = attention_views(bundle, sentences, beam, layer, head, grid)
+    from mtcli.plots import save_figure, view_figure
 
-    stdout.print(attention_heatmap(view.src_tokens, view.tgt_tokens, view.weights, view.title))
+    if all_dev is not None:
+        for view, path in zip(views, figure_paths(output, len(views), fmt)):
+            stdout.print(f"saved {save_figure(view_figure(view), path)}: {view.translation}", soft_wrap=True)
+        fewer = ", all the dev split has" if len(views) < all_dev else ""
+        stdout.print(f"{len(views)} dev sentences{fewer}: {len(views)} figures in {output} ({views[0].title})",
+                     soft_wrap=True)
+        return
+    view = views[0]
+    if grid is None:
+        from mtcli.ui import attention_heatmap
+
+        stdout.print(attention_heatmap(view.src_tokens, view.tgt_tokens, view.weights, view.title))
+    else:
+        layers, heads = view.weights.shape[:2]
+        stdout.print(f"{view.title}: {layers} layer(s) x {heads} head(s)", soft_wrap=True)
     stdout.print(f"translation: {view.translation}", soft_wrap=True)
     if output is not None:
-        from mtcli.plots import save_attention_figure
+        stdout.print(f"saved {save_figure(view_figure(view), output)}", soft_wrap=True)
 
-        save_attention_figure(view.src_tokens, view.tgt_tokens, view.weights, view.title, output)
+
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Run folders or checkpoints; the first is the baseline.",
+                                              show_default=False)],
+    src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
+    beam: BeamOpt = None,
+    test: Annotated[str, typer.Option("--test", help="Paired test: bs (bootstrap resampling) or ar "
+                                                     "(approximate randomization).")] = "bs",
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Resamples or trials; 0 = sacrebleu's "
+                                                                  "default (1000 bs, 10000 ar).")] = 0,
+    bucket_width: Annotated[int, typer.Option("--bucket-width", min=1, help="Source words per length bucket.")] = 10,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the BLEU-by-length figure "
+                                                                       "(.png/.svg/.pdf).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Compare runs on one test set: BLEU, chrF, TER with 95% confidence intervals, paired significance
+    against the first run, BLEU by source length, and attention vs. gold alignments on the toy pair."""
+    from mtcli.analysis import compare_runs
+    from mtcli.evaluation import test_set
+
+    if test not in ("bs", "ar"):
+        raise MtcliError(f"--test {test}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
+    bundles = [load(run) for run in runs]
+    data = test_set(bundles[0], src, ref)
+    if src is None:
+        for bundle in bundles[1:]:
+            if test_set(bundle, None, None).tgt != data.tgt:
+                raise MtcliError(f"{bundle.path}: its config's test set differs from {bundles[0].path}'s; "
+                                 "give --src and --ref to compare them on one test set")
+    result = compare_runs(bundles, data, beam, test, samples, bucket_width)
+    if output is not None:
+        from mtcli.plots import save_length_figure
+
+        save_length_figure(result, output)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        return
+    from mtcli.ui import comparison_tables
+
+    for table in comparison_tables(result):
+        stdout.print(table)
+    if output is not None:
         stdout.print(f"saved {output}", soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def report(
+    run: RunArg = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file; default: RUN/report.html.")] = None,
+    beam: BeamOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Sample translations with heatmaps.")] = 3,
+) -> None:
+    """Write one self-contained HTML report of a run: config, environment, data hashes, scores with
+    signatures, learning curves, BLEU by length, sample translations with their attention."""
+    from mtcli.report import write_report
+
+    bundle = load(run)
+    path = write_report(bundle, output or bundle.path.parent / "report.html", beam, samples)
+    stdout.print(f"wrote {path}", soft_wrap=True)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtcli.analysis import AlignmentReport, alignment_report
 from mtcli.checkpoint import Bundle
 from mtcli.data.corpus import ParallelText, load_split, read_pair
 from mtcli.errors import MtcliError
@@ -25,11 +26,13 @@ class EvaluationResult:
     scores: dict[str, Score]
     hypotheses: list[str]
     seconds: float
+    alignment: AlignmentReport | None = None  # attention vs. gold links (toy data, attention models)
 
     def as_dict(self) -> dict:
         return {"checkpoint": str(self.checkpoint), "test_set": self.test_set, "sentences": self.sentences,
                 "beam_size": self.beam_size, "seconds": round(self.seconds, 2),
-                **{name: score.as_dict() for name, score in self.scores.items()}}
+                **{name: score.as_dict() for name, score in self.scores.items()},
+                "alignment": self.alignment.as_dict() if self.alignment else None}
 
 
 def test_set(bundle: Bundle, src: Path | None, ref: Path | None) -> ParallelText:
@@ -51,4 +54,4 @@ def evaluate(bundle: Bundle, data: ParallelText, beam_size: int | None = None) -
     hypotheses = [t.text for t in translator(bundle).translate(data.src, beam)]
     seconds = time.perf_counter() - start
     return EvaluationResult(bundle.path, data.name, len(data), beam, corpus_scores(hypotheses, data.tgt),
-                            hypotheses, seconds)
+                            hypotheses, seconds, alignment_report(bundle, data))

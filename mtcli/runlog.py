@@ -47,6 +47,7 @@ class RunLog(Callback):
                     {"event": "validation", "step": e.step, "epoch": e.epoch, "loss": round(e.loss, 5),
                      "ppl": round(e.ppl, 3), "bleu": e.bleu.score, "bleu_signature": e.bleu.signature,
                      "metric": e.metric, "value": e.value, "is_best": e.is_best, "seconds": round(e.seconds, 2),
+                     "elapsed": round(e.elapsed, 2),
                      "samples": [{"src": s, "ref": r, "hyp": h} for s, r, h in e.samples]})
 
     def on_end(self, e: EndEvent) -> None:

@@ -72,6 +72,7 @@ class ValidationEvent:
     is_best: bool
     bad_validations: int
     seconds: float  # time this validation took
+    elapsed: float  # training seconds so far (validation excluded), as in StepEvent
 
 
 @dataclass
@@ -320,7 +321,7 @@ class Trainer:
             training["scaler"] = self.precision.scaler.state_dict()
         meta = {"step": p.step, "epoch": p.epoch, "metric": cfg.best_metric, "value": value,
                 "best_value": p.best_value, "best_step": p.best_step, "parameters": self.model.parameter_count(),
-                "train_seconds": round(p.train_seconds, 1), "precision": self.precision.name,
+                "train_seconds": round(p.train_seconds, 1), "tokens": p.tokens, "precision": self.precision.name,
                 "processes": self.world.size}
         path = self.run_dir / file
         try:
@@ -374,7 +375,7 @@ class Trainer:
             loss, score, _, samples = scores
             self.emit("on_validation", ValidationEvent(
                 p.step, p.epoch, loss, math.exp(min(loss, 50.0)), score, samples, metric, value, p.best_value,
-                p.best_step, improved, p.bad_validations, time.perf_counter() - start))
+                p.best_step, improved, p.bad_validations, time.perf_counter() - start, p.train_seconds))
 
     # ----- training
 

@@ -5,6 +5,8 @@ The library never prints; the CLI passes its results here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,8 +14,12 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from mtcli.analysis import AlignmentReport, Comparison
 from mtcli.metrics import Score
 from mtcli.training import Callback, EndEvent, StartEvent, StepEvent, ValidationEvent
+
+if TYPE_CHECKING:
+    from mtcli.visualize import RunCurves
 
 
 class TrainingDisplay(Callback):
@@ -119,3 +125,82 @@ def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: tor
     legend = Text.assemble("weight ", *[(f" {SHADES[i] * 2} {i / (len(SHADES) - 1):.2g}", Style(
         color=_color(i / (len(SHADES) - 1)), bgcolor=_color(0.0))) for i in range(len(SHADES))])
     return Group(Text(title, style="bold"), table, legend)
+
+
+def alignment_line(report: AlignmentReport) -> str:
+    """One line: the attention's argmax alignments against the gold links."""
+    line = (f"attention vs. gold alignments ({report.kind}, {report.main_label}, {report.main.pairs} pairs, "
+            f"argmax links): AER {report.main.aer:.2f}%, accuracy {report.main.accuracy:.2f}%")
+    if report.best_head:
+        label, score = report.best_head
+        line += f"; best single head ({label}): AER {score.aer:.2f}%, accuracy {score.accuracy:.2f}%"
+    return line
+
+
+def _with_ci(value: float, ci: float | None) -> str:
+    return f"{value:.2f} ± {ci:.2f}" if ci is not None else f"{value:.2f}"
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.4f}" + (" *" if p < 0.05 else "")
+
+
+def comparison_tables(result: Comparison) -> list[Table]:
+    """Scores with 95% confidence intervals and p-values against the first run; BLEU by source length."""
+    test = "paired bootstrap resampling" if result.test == "bs" else "approximate randomization"
+    beam = f"beam {result.beam_size}" if result.beam_size else "each run's beam"
+    scores = Table(title=f"{result.test_set}: {result.sentences} sentences, {beam}; mean ± 95% CI, "
+                         f"p-value vs. {result.runs[0].name} ({test}, {result.samples} samples; * p < 0.05)")
+    for column in ("run", "backend", "BLEU", "p", "chrF2", "p", "TER", "p", "parameters", "train time", "tok/s"):
+        scores.add_column(column, justify="left" if column in ("run", "backend") else "right")
+    for run in result.runs:
+        s, facts = run.scores, run.facts
+        cells = []
+        for metric in ("bleu", "chrf", "ter"):
+            shown = s.mean[metric] if s.mean[metric] is not None else s.score[metric]
+            cells += [_with_ci(shown, s.ci[metric]), _p_value(s.p_value[metric])]
+        seconds = facts.get("train_seconds")
+        speed = facts.get("tokens_per_s")
+        scores.add_row(run.name, run.backend, *cells, f"{facts['parameters']:,}",
+                       f"{seconds:,.0f}s" if seconds is not None else "?", f"{speed:,.0f}" if speed else "?")
+    lengths = Table(title="BLEU by source length (words)")
+    lengths.add_column("source words")
+    lengths.add_column("sentences", justify="right")
+    for run in result.runs:
+        lengths.add_column(run.name, justify="right")
+    for i, bucket in enumerate(result.runs[0].buckets):
+        row = [run.buckets[i].bleu for run in result.runs]
+        lengths.add_row(bucket.label, str(bucket.sentences), *("-" if v is None else f"{v:.2f}" for v in row))
+    tables = [scores, lengths]
+    aligned = [run for run in result.runs if run.alignment]
+    if aligned:
+        table = Table(title="attention vs. gold alignments (argmax link per target word)")
+        for column in ("run", "attention", "map", "AER %", "accuracy %"):
+            table.add_column(column, justify="right" if "%" in column else "left")
+        for run in aligned:
+            report = run.alignment
+            table.add_row(run.name, report.kind, report.main_label, f"{report.main.aer:.2f}",
+                          f"{report.main.accuracy:.2f}")
+            if report.best_head:
+                label, score = report.best_head
+                table.add_row("", "", f"best head: {label}", f"{score.aer:.2f}", f"{score.accuracy:.2f}")
+        tables.append(table)
+    return tables
+
+
+def curves_table(runs: list[RunCurves]) -> Table:
+    """Per run: steps trained, best dev BLEU and its step, training seconds (validation excluded)."""
+    table = Table(title="training curves", title_justify="left")
+    table.add_column("run")
+    table.add_column("backend")
+    table.add_column("steps", justify="right")
+    table.add_column("best dev BLEU", justify="right")
+    table.add_column("at step", justify="right")
+    table.add_column("training s", justify="right")
+    for run in runs:
+        best = run.best
+        table.add_row(run.name, run.backend or "?", str(run.last_step), f"{best[0]:.2f}" if best else "-",
+                      str(best[1]) if best else "-", f"{run.train_seconds:.1f}")
+    return table

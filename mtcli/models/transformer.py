@@ -167,6 +167,39 @@ class Transformer(Backend):
             x, _, _ = layer(x, None, cross_kv, memory["src_mask"])
         return self.output(self.decoder_norm(x))  # (B, T, V)
 
+    def attention_maps(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """Every attention weight of one teacher-forced pass over `tgt_in` (B, T): BOS y1 .. yn.
+
+        Returns "encoder" (B, encoder layers, heads, S, S), "decoder" (B, decoder layers, heads, T, T;
+        causal) and "cross" (B, decoder layers, heads, T, S); query positions down, key positions across.
+        The same computation as forward(), through the explicit-weights path of MultiHeadAttention, so
+        training and decoding keep the fused kernel. Call it under torch.no_grad() in eval mode.
+        """
+        mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self._embed(self.src_embed, src)
+        encoder = []
+        for layer in self.encoder_layers:
+            h = layer.norm1(x)
+            out, weights = layer.attn(h, *layer.attn.keys_values(h), mask=mask, need_weights=True)
+            encoder.append(weights)
+            x = x + layer.dropout(out)
+            x = x + layer.dropout(layer.ff(layer.norm2(x)))
+        memory = {"encoder_out": self.encoder_norm(x), "src_mask": mask}
+        x = self._embed(self.tgt_embed, tgt_in)
+        decoder, cross = [], []
+        for layer, cross_kv in zip(self.decoder_layers, self._cross_kv(memory)):
+            h = layer.norm1(x)
+            out, weights = layer.self_attn(h, *layer.self_attn.keys_values(h), causal=True, need_weights=True)
+            decoder.append(weights)
+            x = x + layer.dropout(out)
+            out, weights = layer.cross_attn(layer.norm2(x), *cross_kv, mask=mask, need_weights=True)
+            cross.append(weights)
+            x = x + layer.dropout(out)
+            x = x + layer.dropout(layer.ff(layer.norm3(x)))
+        return {"encoder": torch.stack(encoder, dim=1), "decoder": torch.stack(decoder, dim=1),
+                "cross": torch.stack(cross, dim=1)}
+
     def init_state(self, memory: State) -> State:
         """Cross-attention keys/values once per sentence; an empty self-attention cache per layer."""
         return {"cross_kv": self._cross_kv(memory), "src_mask": memory["src_mask"],
