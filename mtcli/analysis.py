@@ -113,12 +113,16 @@ def forced_attention(bundle: Bundle, data: ParallelText, batch_size: int = 64) -
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
         batch = collate(chunk, list(range(len(chunk)))).to(device)
-        state = model.init_state(model.encode(batch.src, batch.src_mask))
-        steps = []
-        for t in range(batch.tgt_in.size(1)):
-            _, state, attention = model.step(batch.tgt_in[:, t], state, need_attention=True)
-            steps.append(attention.float().cpu())  # (B, K, S)
-        maps = torch.stack(steps, dim=1)  # (B, T + 1, K, S)
+        if hasattr(model, "attention_maps"):  # the Transformer: one teacher-forced pass, all positions at once
+            cross = model.attention_maps(batch.src, batch.src_mask, batch.tgt_in)["cross"]  # (B, L, H, T, S)
+            maps = cross.permute(0, 3, 1, 2, 4).flatten(2, 3).float().cpu()  # (B, T + 1, L * H, S)
+        else:
+            state = model.init_state(model.encode(batch.src, batch.src_mask))
+            steps = []
+            for t in range(batch.tgt_in.size(1)):
+                _, state, attention = model.step(batch.tgt_in[:, t], state, need_attention=True)
+                steps.append(attention.float().cpu())  # (B, K, S)
+            maps = torch.stack(steps, dim=1)  # (B, T + 1, K, S)
         for row, example in enumerate(chunk):
             out.append(maps[row, : len(example.tgt) + 1, :, : len(example.src)])
     return out
