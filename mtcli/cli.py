@@ -307,5 +307,35 @@ def report(
     stdout.print(f"wrote {path}", soft_wrap=True)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch and check them.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="The corpus: multi30k.", show_default=False)],
+    dest: Annotated[Path, typer.Argument(help="Folder for <split>.<lang> files (data.dir in a config).",
+                                         show_default=False)],
+    langs: Annotated[str, typer.Option("--langs", help="Comma-separated languages (de, en, fr, cs).")] = "de,en",
+    source: Annotated[Path | None, typer.Option("--from", help="Copy from this local folder instead of "
+                                                               "downloading (plain or .gz files).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Base URL of the files (default: the Multi30k "
+                                                          "repository on GitHub).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Download cache (default: "
+                                                               "~/.cache/mtcli/multi30k).")] = None,
+) -> None:
+    """Fetch a corpus into DEST, every file checked against its SHA-256; downloads are cached, --from is
+    offline. Then train with --set data.dir=DEST."""
+    from mtcli.data.fetch import MULTI30K_URL, fetch_multi30k
+
+    if dataset.lower() != "multi30k":
+        raise MtcliError(f"{dataset}: unknown corpus (known: multi30k)")
+    chosen = tuple(lang.strip() for lang in langs.split(",") if lang.strip())
+    files = fetch_multi30k(dest, chosen, source, url or MULTI30K_URL, cache,
+                           report=lambda line: stdout.print(line, soft_wrap=True))
+    stdout.print(f"{len(files)} files in {dest}, all checksums ok", soft_wrap=True)
+
+
 def main() -> None:
     app()
