@@ -203,3 +203,50 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Bun
     model.to(device).eval()
     return Bundle(path, model, config, src_tok, tgt_tok, data.get("meta", {}))
 
+
+
+def kept_step_checkpoints(run_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """The {"file", "step", "value"} records of a run's step checkpoints still on disk, and the metric."""
+    latest = run_dir / LATEST
+    if not latest.is_file():
+        raise CheckpointError(f"{run_dir}: no {LATEST} here (is it a run folder?)")
+    data = read_checkpoint(latest)
+    entries = (data.get("training") or {}).get("progress", {}).get("checkpoints", [])
+    return [e for e in entries if (run_dir / e["file"]).is_file()], data["config"]["train"]["best_metric"]
+
+
+def choose_for_average(run_dir: Path, last: int | None, best: int | None) -> list[Path]:
+    """The newest `last` or the `best` best step checkpoints of a run."""
+    if (last is None) == (best is None):
+        raise CheckpointError("give one of --last N or --best N")
+    entries, metric = kept_step_checkpoints(run_dir)
+    want = last or best
+    if best is not None:
+        entries = [e for e in entries if e["value"] is not None]
+        entries.sort(key=lambda e: (e["value"] if metric == "loss" else -e["value"], e["step"]))
+    else:
+        entries.sort(key=lambda e: -e["step"])
+    if len(entries) < want:
+        raise CheckpointError(f"{run_dir}: {len(entries)} {'validated ' if best else ''}step checkpoint(s) kept, "
+                              f"{want} asked for; train with a larger train.keep_last / train.keep_best")
+    return [run_dir / e["file"] for e in entries[:want]]
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> Path:
+    """Write a checkpoint whose weights are the mean of `paths`' weights (same config and tokenizers)."""
+    first = read_checkpoint(paths[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first["model"].items()}
+    for path in paths[1:]:
+        data = read_checkpoint(path)
+        if data["config"]["model"] != first["config"]["model"] or data["tokenizers"] != first["tokenizers"]:
+            raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; cannot average them")
+        for key, value in data["model"].items():
+            if value.is_floating_point():
+                total[key] += value.double()
+    model = {k: (v / len(paths)).to(first["model"][k].dtype) if v.is_floating_point() else v
+             for k, v in total.items()}
+    meta = dict(first["meta"], averaged=[str(p) for p in paths], step=max(read_checkpoint(p)["meta"]["step"]
+                                                                          for p in paths))
+    atomic_save({"format": FORMAT, "config": first["config"], "model": model, "tokenizers": first["tokenizers"],
+                 "meta": meta, "training": {}}, out)
+    return out

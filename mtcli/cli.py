@@ -337,5 +337,23 @@ def data_fetch(
     stdout.print(f"{len(files)} files in {dest}, all checksums ok", soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def average(
+    run: Annotated[Path, typer.Argument(help="Run folder.", show_default=False)],
+    last: Annotated[int | None, typer.Option("--last", min=1, help="Average the newest N step checkpoints.")] = None,
+    best: Annotated[int | None, typer.Option("--best", min=1, help="Average the N best by the run's "
+                                                                   "train.best_metric.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: RUN/average.pt.")] = None,
+) -> None:
+    """Average the weights of a run's last or best N checkpoints into one checkpoint (evaluate or translate
+    with it like any other)."""
+    from mtcli.checkpoint import average_checkpoints, choose_for_average
+
+    paths = choose_for_average(run, last, best)
+    out = average_checkpoints(paths, output or run / "average.pt")
+    stdout.print(f"wrote {out}: the mean of {', '.join(p.name for p in paths)}", soft_wrap=True)
+
+
 def main() -> None:
     app()

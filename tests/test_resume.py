@@ -231,3 +231,26 @@ def test_bad_checkpoint_settings_are_config_errors():
         tiny_config("seq2seq", train={"accumulate": 0})
     with pytest.raises(ConfigError, match="train.precision: 'fp8' is not one of fp32, bf16, fp16, auto"):
         tiny_config("seq2seq", train={"precision": "fp8"})
+
+
+def test_average_of_the_last_and_best_checkpoints(tmp_path):
+    from tests.test_cli import invoke, one_line_error
+
+    cfg = tiny_config("transformer", tmp_path / "run", train={"max_steps": 25, "validate_every": 5,
+                                                              "keep_last": 4, "keep_best": 2})
+    train(cfg)
+    run = cfg.run_path
+    result = invoke("average", run, "--last", "3")
+    assert result.exit_code == 0, result.output
+    assert "step-00000025.pt, step-00000020.pt, step-00000015.pt" in result.output.replace("\n", "")
+    averaged = read_checkpoint(run / "average.pt")
+    parts = [read_checkpoint(run / CHECKPOINTS / f"step-{s:08d}.pt")["model"] for s in (15, 20, 25)]
+    for key, value in averaged["model"].items():
+        torch.testing.assert_close(value, (parts[0][key] + parts[1][key] + parts[2][key]) / 3)
+    assert averaged["meta"]["step"] == 25 and len(averaged["meta"]["averaged"]) == 3
+    assert invoke("evaluate", run / "average.pt", "--beam", "1").exit_code == 0  # usable like any checkpoint
+    result = invoke("average", run, "--best", "2", "-o", tmp_path / "best2.pt")
+    assert result.exit_code == 0 and (tmp_path / "best2.pt").is_file()
+    one_line_error(invoke("average", run, "--last", "9"), "4 step checkpoint(s) kept, 9 asked for")
+    one_line_error(invoke("average", run, "--last", "2", "--best", "2"), "give one of --last N or --best N")
+    one_line_error(invoke("average", tmp_path, "--last", "2"), "no latest.pt here")
