@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,12 @@ import torch
 from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict
 from mtcli.data.tokenizers import Tokenizer, tokenizer_from_state
 from mtcli.errors import CheckpointError, ConfigError
+from mtcli.files import atomic_write
 from mtcli.models import Backend, build_model
 
 FORMAT = "mtcli-checkpoint-1"
 BEST, LATEST = "best.pt", "latest.pt"
 CHECKPOINTS = "checkpoints"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass
@@ -44,35 +42,9 @@ class Bundle:
     meta: dict[str, Any]
 
 
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename: never a half-written `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-        _sync_folder(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def step_file(step: int) -> str:

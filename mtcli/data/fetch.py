@@ -10,13 +10,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from mtcli.errors import DataError
+from mtcli.files import atomic_write_bytes
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
 MULTI30K_LANGS = ("de", "en", "fr", "cs")
@@ -45,19 +45,6 @@ def default_cache() -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomically(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _text(data: bytes, origin: str) -> bytes:
@@ -91,7 +78,7 @@ def _download(url: str, cache: Path) -> bytes:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"{url}: download failed ({reason}); without network, use --from DIR with the "
                         "files") from None
-    _write_atomically(data, cached)
+    atomic_write_bytes(cached, data)
     return data
 
 
@@ -144,7 +131,7 @@ def fetch_multi30k(dest: Path, langs: tuple[str, ...] = ("de", "en"), source: Pa
                     (cache / origin.rsplit("/", 1)[-1]).unlink(missing_ok=True)
                 raise
             try:
-                _write_atomically(text, target)
+                atomic_write_bytes(target, text)
             except OSError as exc:
                 raise DataError(f"{target}: cannot write ({exc.strerror or exc})") from None
             lines = text.count(b"\n")
