@@ -20,6 +20,7 @@ from mtcli.data.corpus import ParallelText
 from mtcli.errors import MtcliError
 
 METRICS = ("bleu", "chrf", "ter")
+DEFAULT_SAMPLES = {"bs": 1000, "ar": 10000}  # sacrebleu's own defaults, stated here so reports can say them
 
 # ---------------------------------------------------------------- significance
 
@@ -53,7 +54,7 @@ def paired_significance(systems: list[tuple[str, list[str]]], references: list[s
     if len(named) == 1:  # sacrebleu estimates the baseline's interval while comparing: compare it to itself
         named.append((named[0][0] + " (copy)", named[0][1]))
     metrics = {"BLEU": BLEU(), "chrF2": CHRF(), "TER": TER()}
-    paired = PairedTest(named, metrics, [references], test_type=test, n_samples=samples,
+    paired = PairedTest(named, metrics, [references], test_type=test, n_samples=samples or DEFAULT_SAMPLES[test],
                         n_ar_confidence=0 if test == "ar" else -1)
     signatures, table = paired()
     out = []
@@ -226,9 +227,12 @@ def run_facts(bundle: Bundle) -> dict:
         facts["tokens_per_s"] = round(meta["tokens"] / meta["train_seconds"], 1)
     metrics = bundle.path.parent / "metrics.jsonl"
     if facts["tokens_per_s"] is None and metrics.is_file():  # runs written before checkpoints kept the count
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if record.get("event") == "end":
+        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed process
+            if isinstance(record, dict) and record.get("event") == "end":
                 facts["tokens_per_s"] = record.get("tokens_per_s")
     return facts
 
@@ -292,5 +296,5 @@ def compare_runs(bundles: list[Bundle], data: ParallelText, beam_size: int | Non
                                                                                       bucket_width),
                           alignment_report(b, data))
             for name, b, out, score in zip(names, bundles, outputs, scores)]
-    used = samples or PairedTest._DEFAULT_SAMPLES[test]
+    used = samples or DEFAULT_SAMPLES[test]
     return Comparison(data.name, len(data), beam_size, test, used, signatures, runs)

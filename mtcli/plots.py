@@ -5,6 +5,7 @@ SVG files keep their text as text (svg.fonttype none), so titles and labels can 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,19 +17,34 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mtcli.errors import MtcliError  # noqa: E402
+from mtcli.visualize import FIGURE_FORMATS  # noqa: E402
 
 if TYPE_CHECKING:
     from mtcli.analysis import Comparison
     from mtcli.visualize import AttentionGrid, AttentionView, RunCurves
 
-FORMATS = {".png", ".svg", ".pdf"}
 MAX_INCHES = 60.0  # a figure side never grows past this, however long the sentence or deep the model
 
 
 def check_figure_path(path: Path) -> Path:
-    if path.suffix.lower() not in FORMATS:
-        raise MtcliError(f"{path}: unsupported figure format (use {', '.join(sorted(FORMATS))})")
+    if path.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+        raise MtcliError(f"{path}: unsupported figure format (use {', '.join('.' + f for f in FIGURE_FORMATS)})")
     return path
+
+
+SVG_TEXT = {"svg.fonttype": "none"}  # SVG text stays text: searchable, editable
+
+
+def svg_markup(fig: Figure) -> str:
+    """The figure as inline SVG markup (for an HTML page), and the figure closed."""
+    buffer = io.StringIO()
+    try:
+        with plt.rc_context(SVG_TEXT):
+            fig.savefig(buffer, format="svg")
+    finally:
+        plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -36,7 +52,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
     try:
         check_figure_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with plt.rc_context({"svg.fonttype": "none"}):
+        with plt.rc_context(SVG_TEXT):
             fig.savefig(path, dpi=150)
     except OSError as exc:
         raise MtcliError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None

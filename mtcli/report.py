@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import os
 import platform
 import sys
@@ -14,7 +13,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from mtcli.analysis import Comparison, compare_runs
@@ -23,7 +21,7 @@ from mtcli.config import dump_config
 from mtcli.data.corpus import load_split, split_files
 from mtcli.errors import MtcliError
 from mtcli.evaluation import translator
-from mtcli.plots import attention_figure, curves_figure, length_figure
+from mtcli.plots import attention_figure, curves_figure, length_figure, svg_markup
 from mtcli.visualize import training_curves
 
 PACKAGES = ("mtcli", "torch", "sacrebleu", "sentencepiece", "typer", "rich", "pyyaml", "matplotlib", "numpy")
@@ -36,18 +34,6 @@ th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-v
 pre, code { background: #f7f7f7; font-size: 12px; } pre { padding: .8em; overflow-x: auto; }
 .figure svg { max-width: 100%; height: auto; } .sample { margin: 1em 0 2em; } .muted { color: #777; }
 """
-
-
-def svg(fig) -> str:
-    """The figure as inline SVG markup (text kept as text), and the figure closed."""
-    buffer = io.StringIO()
-    try:
-        with plt.rc_context({"svg.fonttype": "none"}):
-            fig.savefig(buffer, format="svg")
-    finally:
-        plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
 
 
 def sha256(path: Path) -> str:
@@ -130,10 +116,10 @@ def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, boot
              "<h2>Test scores</h2>", _scores_section(result)]
     if (run_dir / "metrics.jsonl").is_file():
         curves = training_curves([str(run_dir)])
-        parts += ["<h2>Learning curves</h2>", f"<div class=figure>{svg(curves_figure(curves))}</div>"]
+        parts += ["<h2>Learning curves</h2>", f"<div class=figure>{svg_markup(curves_figure(curves))}</div>"]
     rows = [[b.label, str(b.sentences), "-" if b.bleu is None else f"{b.bleu:.2f}"] for b in run.buckets]
     parts += ["<h2>BLEU by source length</h2>", _table(["source words", "sentences", "BLEU"], rows, {1, 2}),
-              f"<div class=figure>{svg(length_figure(result))}</div>"]
+              f"<div class=figure>{svg_markup(length_figure(result))}</div>"]
     parts.append("<h2>Sample translations</h2>")
     sentences = data.src[:samples]
     outputs = translator(bundle).translate(sentences, beam, need_attention=bundle.model.has_attention)
@@ -145,7 +131,7 @@ def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, boot
             maps = out.attention.view(len(out.tgt_pieces), layers, heads, -1)[:, -1].mean(dim=1)
             what = "attention" if layers * heads == 1 else f"cross-attention, last layer, mean of {heads} heads"
             figure = attention_figure(out.src_pieces, out.tgt_pieces, maps, what)
-            parts.append(f"<div class=figure>{svg(figure)}</div>")
+            parts.append(f"<div class=figure>{svg_markup(figure)}</div>")
         parts.append("</div>")
     parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(dump_config(bundle.config))}</pre>",
               "<h2>Data</h2>", _table(["split", "file", "sha256"], [list(r) for r in data_hashes(bundle)]),

@@ -159,15 +159,6 @@ def attention_views(bundle: Bundle, sentences: list[str], beam: int | None, laye
     return views
 
 
-def attention_view(bundle: Bundle, sentence: str | None, beam: int | None, layer: int | None,
-                   head: int | None) -> AttentionView | None:
-    """None when the backend has no attention; default sentence: the first of the test split."""
-    if not bundle.model.has_attention:
-        return None
-    views = attention_views(bundle, [default_sentence(bundle) if sentence is None else sentence], beam, layer, head)
-    return views[0]  # type: ignore[index]
-
-
 def attention_grids(bundle: Bundle, sentences: list[str], beam: int | None, kind: str) -> list[AttentionGrid]:
     """Translate (greedy or beam), then one teacher-forced pass per sentence over the chosen output tokens
     that returns every attention weight of the Transformer."""
