@@ -208,8 +208,10 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     """Write a checkpoint whose weights are the mean of `paths`' weights (same config and tokenizers)."""
     first = read_checkpoint(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["model"].items()}
+    steps = [first["meta"]["step"]]
     for path in paths[1:]:
         data = read_checkpoint(path)
+        steps.append(data["meta"]["step"])
         if data["config"]["model"] != first["config"]["model"] or data["tokenizers"] != first["tokenizers"]:
             raise CheckpointError(f"{path}: another model or vocabulary than {paths[0]}; cannot average them")
         for key, value in data["model"].items():
@@ -217,8 +219,7 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
                 total[key] += value.double()
     model = {k: (v / len(paths)).to(first["model"][k].dtype) if v.is_floating_point() else v
              for k, v in total.items()}
-    meta = dict(first["meta"], averaged=[str(p) for p in paths], step=max(read_checkpoint(p)["meta"]["step"]
-                                                                          for p in paths))
+    meta = dict(first["meta"], averaged=[str(p) for p in paths], step=max(steps))
     atomic_save({"format": FORMAT, "config": first["config"], "model": model, "tokenizers": first["tokenizers"],
                  "meta": meta, "training": {}}, out)
     return out

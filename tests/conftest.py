@@ -42,3 +42,23 @@ def write_yaml(tmp_path: Path):
         path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
         return path
     return write
+
+
+def train_tiny_runs(root: Path, configs: dict[str, dict], *args: str) -> dict[str, str]:
+    """`mtcli train NAME.yaml ARGS...` in `root` for each NAME -> config, in order; every run must succeed.
+
+    Returns each run's terminal output by NAME."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mtcli.cli import app
+
+    outputs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name, data in configs.items():
+            Path(f"{name}.yaml").write_text(yaml.safe_dump(data))
+            result = CliRunner().invoke(app, ["train", f"{name}.yaml", *args])
+            assert result.exit_code == 0, result.output
+            outputs[name] = result.output
+    return outputs

@@ -1,13 +1,11 @@
 """Analysis: compare with confidence intervals and significance, BLEU by length, attention vs. gold alignments."""
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from mtcli.analysis import length_buckets, parse_links, score_alignments
-from tests.conftest import BACKENDS, tiny_dict
+from tests.conftest import BACKENDS, tiny_dict, train_tiny_runs
 from tests.test_cli import invoke, one_line_error
 
 
@@ -15,15 +13,10 @@ from tests.test_cli import invoke, one_line_error
 def runs(tmp_path_factory):
     """Tiny toy runs of the three backends, with a test set of 40 sentences of 3 to 12 words."""
     root = tmp_path_factory.mktemp("analysis")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for backend in BACKENDS:
-            data = tiny_dict(backend, root / backend, data={"toy": {"train_size": 300, "dev_size": 16,
-                                                                     "test_size": 40, "min_len": 3,
-                                                                     "max_len": 12}},
-                             train={"max_steps": 40, "validate_every": 20})
-            Path(f"{backend}.yaml").write_text(yaml.safe_dump(data))
-            assert invoke("train", f"{backend}.yaml").exit_code == 0
+    toy = {"train_size": 300, "dev_size": 16, "test_size": 40, "min_len": 3, "max_len": 12}
+    train_tiny_runs(root, {backend: tiny_dict(backend, root / backend, data={"toy": toy},
+                                              train={"max_steps": 40, "validate_every": 20})
+                           for backend in BACKENDS})
     return root
 
 

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mtcli.cli import app
-from tests.conftest import BACKENDS, tiny_dict
+from tests.conftest import BACKENDS, tiny_dict, train_tiny_runs
 
 runner = CliRunner()
 
@@ -23,16 +23,10 @@ def invoke(*args, input=None):
 def workdir(tmp_path_factory):
     """A folder with one tiny trained run per backend under runs/ (the newest is the transformer)."""
     root = tmp_path_factory.mktemp("cli")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for backend in BACKENDS:
-            data = tiny_dict(backend)
-            data["name"] = f"toy-{backend}"
-            Path(f"{backend}.yaml").write_text(yaml.safe_dump(data))
-            result = invoke("train", f"{backend}.yaml", "--set", "train.max_steps=20",
-                            "--set", "train.validate_every=10")
-            assert result.exit_code == 0, result.output
-            assert "validation at step 20" in result.output and "finished" in result.output
+    configs = {backend: {**tiny_dict(backend), "name": f"toy-{backend}"} for backend in BACKENDS}
+    outputs = train_tiny_runs(root, configs, "--set", "train.max_steps=20", "--set", "train.validate_every=10")
+    for output in outputs.values():
+        assert "validation at step 20" in output and "finished" in output
     return root
 
 

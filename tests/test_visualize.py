@@ -11,44 +11,35 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
 from mtcli.checkpoint import load_checkpoint
-from mtcli.cli import app
 from mtcli.data.batching import make_example
 from mtcli.data.tokenizers import BOS
 from mtcli.evaluation import translator
 from mtcli.inference import decode_examples
 from mtcli.visualize import interpolate, parse_metrics
-from tests.conftest import BACKENDS, tiny_dict
+from tests.conftest import BACKENDS, tiny_dict, train_tiny_runs
+from tests.test_cli import invoke
 
-runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 ENCODER_LAYERS, DECODER_LAYERS, HEADS = 2, 3, 2  # all different, so rows, columns and kinds cannot be mixed up
 SENTENCE = "the small dog sees two red birds near the river"
 DEV_SIZE = 6
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """runs/toy-{seq2seq,attention,transformer}, trained for 20 steps with validations at 10 and 20 (6 dev pairs)."""
     root = tmp_path_factory.mktemp("visualize")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for backend in BACKENDS:
-            data = tiny_dict(backend, model={"encoder_layers": ENCODER_LAYERS, "decoder_layers": DECODER_LAYERS,
-                                             "heads": HEADS})
-            data["name"] = f"toy-{backend}"
-            data["data"]["toy"]["dev_size"] = DEV_SIZE
-            Path(f"{backend}.yaml").write_text(yaml.safe_dump(data))
-            result = invoke("train", f"{backend}.yaml", "--set", "train.max_steps=20", "--set",
-                            "train.validate_every=10", "--set", "train.log_every=5")
-            assert result.exit_code == 0, result.output
+    configs = {}
+    for backend in BACKENDS:
+        data = tiny_dict(backend, model={"encoder_layers": ENCODER_LAYERS, "decoder_layers": DECODER_LAYERS,
+                                         "heads": HEADS})
+        data["name"] = f"toy-{backend}"
+        data["data"]["toy"]["dev_size"] = DEV_SIZE
+        configs[backend] = data
+    train_tiny_runs(root, configs, "--set", "train.max_steps=20", "--set", "train.validate_every=10",
+                    "--set", "train.log_every=5")
     return root
 
 
