@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,10 @@ def stop(clean: bool = True) -> None:
     tears down its connections while a peer still uses them). After an error, do not wait: the peers may
     never arrive, and torchrun stops them when this process exits."""
     if dist.is_initialized():
+        # A finished Trainer sits in a reference cycle with its DDP wrapper, which holds the group: collect it
+        # now, while the group and the interpreter are alive. Left to a later collection, the group's gloo
+        # threads may be torn down during interpreter exit, which aborts the process (SIGABRT).
+        gc.collect()
         if clean:
             dist.barrier()
         dist.destroy_process_group()
