@@ -106,6 +106,7 @@ class DecodeConfig:
     length_penalty: float = 0.6
     max_len: int = 200
     max_len_ratio: float = 2.0
+    min_len: int = 0
     batch_size: int = 64
 
 
@@ -267,7 +268,7 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
                        "train.max_minutes": cfg.train.max_minutes, "train.warmup_steps": cfg.train.warmup_steps,
                        "train.patience": cfg.train.patience, "train.samples": cfg.train.samples,
                        "train.clip_grad_norm": cfg.train.clip_grad_norm, "train.threads": cfg.train.threads,
-                       "train.weight_decay": cfg.train.weight_decay}.items():
+                       "train.weight_decay": cfg.train.weight_decay, "decode.min_len": cfg.decode.min_len}.items():
         if value < 0:
             _fail(source, key, f"must be zero or positive, got {value}")
     if not 0 <= cfg.model.dropout < 1:

@@ -38,10 +38,10 @@ def decode_examples(model: Backend, examples: list[Example], decode: DecodeConfi
         batch = collate([examples[i] for i in index], index, with_target=False).to(device)
         limits = output_limits(batch.src_mask, decode.max_len, decode.max_len_ratio)
         if beam_size == 1:
-            hyps = greedy_search(model, batch.src, batch.src_mask, limits, need_attention)
+            hyps = greedy_search(model, batch.src, batch.src_mask, limits, need_attention, decode.min_len)
         else:
             hyps = [h[0] for h in beam_search(model, batch.src, batch.src_mask, limits, beam_size,
-                                              decode.length_penalty, need_attention)]
+                                              decode.length_penalty, need_attention, min_len=decode.min_len)]
         for i, hyp in zip(index, hyps):
             results[i] = hyp
     model.train(was_training)

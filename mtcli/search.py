@@ -33,8 +33,13 @@ def output_limits(src_mask: torch.Tensor, max_len: int, ratio: float) -> torch.T
     return (src_len * ratio + 5).ceil().long().clamp(1, max_len).cpu()
 
 
-def _force_eos(log_probs: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
-    """Rows at their length limit may only end: every token but EOS gets -inf."""
+def _force_eos(log_probs: torch.Tensor, at_limit: torch.Tensor, too_short: bool = False) -> torch.Tensor:
+    """Rows at their length limit may only end: every token but EOS gets -inf. While the outputs are
+    `too_short` (under the minimum length) the other rows may not end: EOS gets -inf."""
+    if too_short:
+        banned = log_probs.clone()
+        banned[:, EOS] = float("-inf")
+        log_probs = torch.where(at_limit.to(log_probs.device).unsqueeze(1), log_probs, banned)
     if not at_limit.any():
         return log_probs
     forced = torch.full_like(log_probs, float("-inf"))
@@ -44,7 +49,8 @@ def _force_eos(log_probs: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def greedy_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limits: torch.Tensor,
-                  need_attention: bool = False) -> list[Hypothesis]:
+                  need_attention: bool = False, min_len: int = 0) -> list[Hypothesis]:
+    """The most probable token at every step; `min_len`: no output shorter (unless its limit is lower)."""
     batch = src.size(0)
     state = model.init_state(model.encode(src, src_mask))
     active = torch.arange(batch)  # original row of each row still decoding
@@ -54,7 +60,7 @@ def greedy_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, lim
     maps: list[list[torch.Tensor]] = [[] for _ in range(batch)]
     for t in range(int(limits.max())):
         log_probs, state, attention = model.step(prev, state, need_attention)  # (n, V)
-        log_probs = _force_eos(log_probs, t + 1 >= limits[active])
+        log_probs = _force_eos(log_probs, t + 1 >= limits[active], t < min_len)
         best, token = log_probs.max(dim=-1)
         for i, (row, tok, lp) in enumerate(zip(active.tolist(), token.tolist(), best.tolist())):
             tokens[row].append(tok)
@@ -81,8 +87,8 @@ def _kth_best(hyps: list[Hypothesis], k: int) -> float:
 
 @torch.no_grad()
 def beam_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limits: torch.Tensor,
-                beam_size: int, alpha: float = 0.0, need_attention: bool = False, n_best: int = 1
-                ) -> list[list[Hypothesis]]:
+                beam_size: int, alpha: float = 0.0, need_attention: bool = False, n_best: int = 1,
+                min_len: int = 0) -> list[list[Hypothesis]]:
     """Batched beam search. A sentence stops once its `n_best` finished hypotheses score at least as
     well as its best live one could by ending now, or at its length limit."""
     batch, k, device = src.size(0), beam_size, src.device
@@ -99,7 +105,7 @@ def beam_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limit
         log_probs, state, attention = model.step(prev, state, need_attention)  # (n*k, V)
         n, vocab = scores.size(0), log_probs.size(-1)
         at_limit = t + 1 >= limits[sent]  # (n,)
-        log_probs = _force_eos(log_probs, at_limit.repeat_interleave(k))
+        log_probs = _force_eos(log_probs, at_limit.repeat_interleave(k), t < min_len)
         if attention is not None:
             attention = attention.unsqueeze(1)
             history = attention if history is None else torch.cat([history, attention], dim=1)

@@ -88,3 +88,15 @@ def test_every_sentence_of_a_batch_gets_the_best_answer():
     model = TableModel(TRAP)
     together = run(model, beam_search, batch=4, beam_size=2)
     assert all(h[0].tokens == [B] for h in together)
+
+
+def test_min_len_bans_eos_until_the_output_is_long_enough_but_not_past_the_limit():
+    eager = {BOS: {EOS: 0.9, A: 0.1}, A: {EOS: 0.9, A: 0.1}}
+    assert run(TableModel(eager), greedy_search)[0].tokens == []
+    assert run(TableModel(eager), greedy_search, min_len=4)[0].tokens == [A] * 4
+    assert run(TableModel(eager), beam_search, beam_size=3, min_len=4)[0][0].tokens == [A] * 4
+    src = torch.full((1, 2), 7)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    limits = output_limits(mask, max_len=3, ratio=10.0)  # at most 2 tokens and EOS
+    assert greedy_search(TableModel(eager), src, mask, limits, min_len=30)[0].tokens == [A] * 2
+    assert beam_search(TableModel(eager), src, mask, limits, beam_size=2, min_len=30)[0][0].tokens == [A] * 2
