@@ -108,6 +108,7 @@ class DecodeConfig:
     max_len_ratio: float = 2.0
     min_len: int = 0
     batch_size: int = 64
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from mtcli.config import DecodeConfig
 from mtcli.data.batching import Example, collate, make_example
 from mtcli.data.tokenizers import EOS, Tokenizer
 from mtcli.models.base import Backend
+from mtcli.runtime import Precision
 from mtcli.search import Hypothesis, beam_search, greedy_search, output_limits
 
 
@@ -33,17 +34,18 @@ def decode_examples(model: Backend, examples: list[Example], decode: DecodeConfi
     results: list[Hypothesis | None] = [None] * len(examples)
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), decode.batch_size):
-        index = order[start: start + decode.batch_size]
-        batch = collate([examples[i] for i in index], index, with_target=False).to(device)
-        limits = output_limits(batch.src_mask, decode.max_len, decode.max_len_ratio)
-        if beam_size == 1:
-            hyps = greedy_search(model, batch.src, batch.src_mask, limits, need_attention, decode.min_len)
-        else:
-            hyps = [h[0] for h in beam_search(model, batch.src, batch.src_mask, limits, beam_size,
-                                              decode.length_penalty, need_attention, min_len=decode.min_len)]
-        for i, hyp in zip(index, hyps):
-            results[i] = hyp
+    with Precision(decode.precision, device).autocast():  # bf16: the search runs under autocast
+        for start in range(0, len(order), decode.batch_size):
+            index = order[start: start + decode.batch_size]
+            batch = collate([examples[i] for i in index], index, with_target=False).to(device)
+            limits = output_limits(batch.src_mask, decode.max_len, decode.max_len_ratio)
+            if beam_size == 1:
+                hyps = greedy_search(model, batch.src, batch.src_mask, limits, need_attention, decode.min_len)
+            else:
+                hyps = [h[0] for h in beam_search(model, batch.src, batch.src_mask, limits, beam_size,
+                                                  decode.length_penalty, need_attention, min_len=decode.min_len)]
+            for i, hyp in zip(index, hyps):
+                results[i] = hyp
     model.train(was_training)
     return results  # type: ignore[return-value]
 

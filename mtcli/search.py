@@ -36,10 +36,8 @@ def output_limits(src_mask: torch.Tensor, max_len: int, ratio: float) -> torch.T
 def _force_eos(log_probs: torch.Tensor, at_limit: torch.Tensor, too_short: bool = False) -> torch.Tensor:
     """Rows at their length limit may only end: every token but EOS gets -inf. While the outputs are
     `too_short` (under the minimum length) the other rows may not end: EOS gets -inf."""
-    if too_short:
-        banned = log_probs.clone()
-        banned[:, EOS] = float("-inf")
-        log_probs = torch.where(at_limit.to(log_probs.device).unsqueeze(1), log_probs, banned)
+    if too_short:  # in place, on the EOS column only: the search owns the step's output
+        log_probs[:, EOS].masked_fill_(~at_limit.to(log_probs.device), float("-inf"))
     if not at_limit.any():
         return log_probs
     forced = torch.full_like(log_probs, float("-inf"))
@@ -129,6 +127,6 @@ def beam_search(model: Backend, src: torch.Tensor, src_mask: torch.Tensor, limit
         chosen = rows.gather(1, pick)[keep].view(-1)  # (n'*k,) rows to continue, in the new order
         tokens = torch.cat([tokens[chosen], token.gather(1, pick)[keep].view(-1, 1)], dim=1)
         history = None if history is None else history[chosen]
-        state = model.reorder(state, chosen)
+        state = model.reorder(state, chosen, same_sentences=bool(keep.all()))  # no sentence left: memory stays
         scores, sent, prev = alive_scores[keep], sent[keep.cpu()], tokens[:, -1]
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mtcli import checkpoint as ckpt
 from mtcli import distributed
@@ -26,6 +25,7 @@ from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
 from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mtcli.inference import decode_examples
+from mtcli.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
 from mtcli.models import Backend, build_model
 from mtcli.runtime import Precision, StopSignals, resolve_device, resolve_precision
@@ -138,11 +138,12 @@ class Schedule:
 # ---------------------------------------------------------------- helpers
 
 
-def batch_loss(model: torch.nn.Module, batch: Batch, smoothing: float) -> torch.Tensor:
-    """Summed cross-entropy over the batch's real target tokens."""
-    logits = model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD,
-                           label_smoothing=smoothing, reduction="sum")
+def batch_loss(model: Backend, batch: Batch, smoothing: float, net: torch.nn.Module | None = None) -> torch.Tensor:
+    """Summed cross-entropy over the batch's real target tokens, fused with the output layer (mtcli.loss).
+
+    `net` runs the forward pass when it is not the model itself (the DistributedDataParallel wrapper)."""
+    hidden = (net or model)(batch.src, batch.src_mask, batch.tgt_in, features_only=True)  # (B, T, D)
+    return output_loss(hidden.flatten(0, 1), model.output.weight, batch.tgt_out.flatten(), PAD, smoothing)
 
 
 @torch.no_grad()
@@ -478,7 +479,7 @@ class Trainer:
             no_sync = self.world.distributed and k < len(mine) - 1  # gradients are exchanged once per update
             with self.net.no_sync() if no_sync else contextlib.nullcontext():
                 with self.precision.autocast():
-                    loss = batch_loss(self.net, batch, cfg.label_smoothing)
+                    loss = batch_loss(self.model, batch, cfg.label_smoothing, self.net)
                 self.precision.scaler.scale(loss * scale).backward()
             loss_sum += loss.item()
         scaler = self.precision.scaler

@@ -137,3 +137,22 @@ def test_each_backend_learns_to_reverse_sequences(backend, steps, least):
     wanted = [[t for t in row if t not in (PAD, EOS)] for row in tgt_out.tolist()]
     accuracy = sum(h.tokens == w for h, w in zip(hyps, wanted)) / len(wanted)
     assert accuracy >= least, accuracy  # whole sequences right; chance is about 0
+
+
+def test_cpu_dropout_keeps_the_right_share_scales_and_passes_gradients_through_the_kept_elements():
+    from mtcli.models.base import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(1000, 101, requires_grad=True)  # an odd element count
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d y / d x is the same scaled mask
+    assert drop(x.bfloat16()).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the global generator decides: seeded runs repeat
+    drop.eval()
+    assert drop(x) is x

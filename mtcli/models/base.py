@@ -1,11 +1,13 @@
 """The one interface every backend offers, so search and training are written once.
 
 A backend is an nn.Module with:
-  forward(src, src_mask, tgt_in)        -> logits (B, T, V)          teacher forcing
+  features(src, src_mask, tgt_in)       -> hidden (B, T, D)          teacher forcing, before the output layer
+  forward(src, src_mask, tgt_in)        -> logits (B, T, V)          output(features(...)); features_only=True
+                                                                     returns the features (the fused loss takes them)
   encode(src, src_mask)                 -> memory (dict)             once per batch
   init_state(memory)                    -> state (dict)              explicit decoder state
   step(prev, state, need_attention)     -> log_probs (B, V), state, attention (B, K, S) or None
-  reorder(state, index)                 -> state                     beam bookkeeping / pruning
+  reorder(state, index, same_sentences) -> state                     beam bookkeeping / pruning
 Attention maps are K = layers x heads per step (1 x 1 for the RNN attention backend).
 """
 
@@ -37,6 +39,16 @@ class Backend(nn.Module):
         """(layers, heads) of the K maps that step() returns per target position."""
         return (1, 1)
 
+    output: OutputLayer
+
+    def features(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, features_only: bool = False
+                ) -> torch.Tensor:
+        hidden = self.features(src, src_mask, tgt_in)
+        return hidden if features_only else self.output(hidden)
+
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> State:
         raise NotImplementedError
 
@@ -47,11 +59,51 @@ class Backend(nn.Module):
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         raise NotImplementedError
 
-    def reorder(self, state: State, index: torch.Tensor) -> State:
-        return reorder_tree(state, index)
+    # state entries that depend only on the source sentence (encoder outputs and what is computed from them)
+    sentence_keys: tuple[str, ...] = ()
+
+    def reorder(self, state: State, index: torch.Tensor, same_sentences: bool = False) -> State:
+        """Rows `index` of every state tensor. `same_sentences`: each row is replaced by a row of the same
+        sentence (beam search moving hypotheses within a sentence's group), so the `sentence_keys` entries,
+        equal on all rows of a sentence, are left as they are instead of being copied."""
+        if not same_sentences:
+            return reorder_tree(state, index)
+        return {k: v if k in self.sentence_keys else reorder_tree(v, index) for k, v in state.items()}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper random mask on the CPU, where drawing one random number per element
+    dominates dropout's cost: each 64-bit draw of the global generator gives four 16-bit uniforms, so an
+    element is kept with probability 1 - round(p * 65536) / 65536 (p to within 1e-5). Same results
+    as nn.Dropout in distribution, same reproducibility (the generator's state is what checkpoints keep);
+    on other devices and in eval mode it is nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), 2 ** 63 - 1)
+        threshold = round(self.p * 65536) - 32768  # int16 values below it are dropped
+        keep = words.view(torch.int16)[:n].view(x.shape) >= threshold
+        return _KeepScale.apply(x, keep, 1.0 / (1.0 - self.p))
+
+
+class _KeepScale(torch.autograd.Function):
+    """x * keep * scale, keeping only the boolean mask (1 byte an element) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * torch.where(keep, x.new_full((), scale), x.new_zeros(()))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad * torch.where(keep, grad.new_full((), ctx.scale), grad.new_zeros(())), None, None
 
 
 class OutputLayer(nn.Module):
@@ -64,6 +116,11 @@ class OutputLayer(nn.Module):
             self.proj = nn.Linear(dim, vocab_size, bias=False)
         else:
             assert tied.embedding_dim == dim, "tied output needs hidden size == embedding size"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(vocabulary, dim): logits = hidden @ weight.T."""
+        return self.tied.weight if self.tied is not None else self.proj.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.tied is not None:

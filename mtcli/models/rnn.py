@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mtcli.config import ModelConfig
 from mtcli.models.attention import SCORES, attend
-from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
+from mtcli.models.base import Backend, Dropout, OutputLayer, State, make_embeddings
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -28,7 +28,7 @@ class RNNEncoder(nn.Module):
         self.rnn = RNNS[cfg.rnn_type](
             embed.embedding_dim, cfg.hidden_dim // self.directions, cfg.encoder_layers, batch_first=True,
             bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> outputs (B, S, H), final state of the top layer, both directions (B, H)."""
@@ -50,7 +50,7 @@ class CellStack(nn.Module):
         super().__init__()
         cell = nn.GRUCell if rnn_type == "gru" else nn.LSTMCell
         self.cells = nn.ModuleList(cell(input_dim if i == 0 else hidden_dim, hidden_dim) for i in range(layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x (B, I) -> top layer output (B, H) and the new {"hidden": (B, layers, H)[, "cell"]}."""
@@ -80,7 +80,7 @@ class RNNDecoderBase(Backend):
         self.encoder = RNNEncoder(src_embed, cfg)
         self.layers, self.hidden_dim, self.is_lstm = cfg.decoder_layers, cfg.hidden_dim, cfg.rnn_type == "lstm"
         self.bridge = nn.Linear(cfg.hidden_dim, cfg.decoder_layers * cfg.hidden_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = OutputLayer(cfg.hidden_dim, tgt_vocab, tied)
 
     def initial_hidden(self, final: torch.Tensor) -> State:
@@ -96,6 +96,7 @@ class Seq2Seq(RNNDecoderBase):
     """Encoder-decoder without attention: the decoder sees only one fixed context vector."""
 
     has_attention = False
+    sentence_keys = ("context",)
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
         super().__init__(cfg, src_vocab, tgt_vocab)
@@ -127,10 +128,10 @@ class Seq2Seq(RNNDecoderBase):
         features = torch.tanh(self.pre_output(torch.cat([out, context, emb], dim=-1)))
         return features, {**rnn_state, "context": state["context"]}
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def features(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         state = self.init_state(self.encode(src, src_mask))
         features, _ = self._features(self.dropout(self.tgt_embed(tgt_in)), state)
-        return self.output(self.dropout(features))  # (B, T, V)
+        return self.dropout(features)  # (B, T, H)
 
     def step(self, prev: torch.Tensor, state: State, need_attention: bool = False
              ) -> tuple[torch.Tensor, State, None]:
@@ -140,6 +141,8 @@ class Seq2Seq(RNNDecoderBase):
 
 class AttentionSeq2Seq(RNNDecoderBase):
     """Encoder-decoder with attention over all encoder states and input feeding."""
+
+    sentence_keys = ("encoder_out", "keys", "src_mask")
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
         super().__init__(cfg, src_vocab, tgt_vocab)
@@ -165,14 +168,14 @@ class AttentionSeq2Seq(RNNDecoderBase):
         feed = torch.tanh(self.combine(torch.cat([query, context], dim=-1)))  # (B, H)
         return feed, weights, {**state, **rnn_state, "feed": feed}
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def features(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         state = self.init_state(self.encode(src, src_mask))
         emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         features = []
         for t in range(tgt_in.size(1)):
             feed, _, state = self._step(emb[:, t], state)
             features.append(feed)
-        return self.output(self.dropout(torch.stack(features, dim=1)))  # (B, T, V)
+        return self.dropout(torch.stack(features, dim=1))  # (B, T, H)
 
     def step(self, prev: torch.Tensor, state: State, need_attention: bool = False
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]:

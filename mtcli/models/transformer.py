@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtcli.config import ModelConfig
-from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
+from mtcli.models.base import Backend, Dropout, OutputLayer, State, make_embeddings
 
 
 def sinusoidal_positions(length: int, dim: int, offset: int = 0) -> torch.Tensor:
@@ -45,14 +45,16 @@ class MultiHeadAttention(nn.Module):
                 causal: bool = False, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) queries over keys/values (B, h, S, d); mask (B, 1, 1, S) True = attend."""
         q = self.split(self.q_proj(x))  # (B, h, T, d)
-        if need_weights:
+        if need_weights or x.size(1) == 1:  # a decoding step: for one query the plain products are faster
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, h, T, S)
             if causal:
                 scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = torch.softmax(scores, dim=-1)
-            out = weights @ v
+            out = weights.to(v.dtype) @ v
+            if not need_weights:
+                weights = None
         else:
             weights = None
             out = sdpa(q, k, v, mask, causal and mask is None)
@@ -72,7 +74,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
 
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, ff_dim: int, dropout: float):
-        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ff_dim, dim))
 
 
 class EncoderLayer(nn.Module):
@@ -82,7 +84,7 @@ class EncoderLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = MultiHeadAttention(d, cfg.heads)
         self.ff = FeedForward(d, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
@@ -98,7 +100,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(d, cfg.heads)
         self.cross_attn = MultiHeadAttention(d, cfg.heads)
         self.ff = FeedForward(d, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
                 cross_kv: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor, need_weights: bool = False
@@ -116,6 +118,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(Backend):
+    sentence_keys = ("cross_kv", "src_mask")
+
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
         super().__init__()
         d = self.dim = cfg.embed_dim
@@ -125,7 +129,7 @@ class Transformer(Backend):
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.output = OutputLayer(d, tgt_vocab, tied)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d), persistent=False)
         self._init_weights()
 
@@ -160,12 +164,12 @@ class Transformer(Backend):
     def _cross_kv(self, memory: State) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [layer.cross_attn.keys_values(memory["encoder_out"]) for layer in self.decoder_layers]
 
-    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def features(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory = self.encode(src, src_mask)
         x = self._embed(self.tgt_embed, tgt_in)
         for layer, cross_kv in zip(self.decoder_layers, self._cross_kv(memory)):
             x, _, _ = layer(x, None, cross_kv, memory["src_mask"])
-        return self.output(self.decoder_norm(x))  # (B, T, V)
+        return self.decoder_norm(x)  # (B, T, D)
 
     def attention_maps(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
                        ) -> dict[str, torch.Tensor]:
@@ -173,7 +177,7 @@ class Transformer(Backend):
 
         Returns "encoder" (B, encoder layers, heads, S, S), "decoder" (B, decoder layers, heads, T, T;
         causal) and "cross" (B, decoder layers, heads, T, S); query positions down, key positions across.
-        The same computation as forward(), through the explicit-weights path of MultiHeadAttention, so
+        The same computation as features(), through the explicit-weights path of MultiHeadAttention, so
         training and decoding keep the fused kernel. Call it under torch.no_grad() in eval mode.
         """
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)

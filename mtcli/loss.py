@@ -1,0 +1,69 @@
+"""The training loss fused with the output layer: label-smoothed cross-entropy of `hidden @ weight.T`.
+
+The plain way materialises the logits of the whole batch (tokens x vocabulary, ~130 MB in fp32 for a
+4k-token batch and an 8k vocabulary) several times over: the logits, their fp32 copy, the log-softmax
+kept for backward and its gradient. Here the rows are taken a slice at a time: each slice's logits,
+log-softmax, loss and gradients are computed at once in the forward pass (the gradients w.r.t. the
+hidden states and the weight are kept; the logits are not), so the big tensors are a few MB that the
+allocator reuses. The value and the gradients are those of
+
+    F.cross_entropy(hidden @ weight.T, target, ignore_index=PAD, label_smoothing=eps, reduction="sum")
+
+up to floating-point rounding (tests/test_loss.py checks it against that).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROW_ELEMENTS = 1 << 21  # logits per slice (8 MB in fp32): small enough to stay in the allocator's reuse
+
+
+class _FusedOutputLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore: int,
+                smoothing: float) -> torch.Tensor:
+        dtype = hidden.dtype  # the compute dtype (bf16 under autocast, else fp32)
+        w = weight.to(dtype)
+        vocab = w.size(0)
+        rows = max(1, ROW_ELEMENTS // vocab)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for start in range(0, hidden.size(0), rows):
+            h, t = hidden[start: start + rows], target[start: start + rows]
+            keep = (t != ignore).unsqueeze(1)  # (n, 1)
+            logits = (h @ w.t()).float()  # (n, V)
+            lse = logits.logsumexp(dim=1, keepdim=True)
+            log_probs = logits.sub_(lse)  # in place: the logits are not needed again
+            nll = -log_probs.gather(1, t.unsqueeze(1))
+            loss = (1.0 - smoothing) * nll - smoothing * log_probs.mean(dim=1, keepdim=True)
+            total += loss.masked_fill(~keep, 0.0).sum()
+            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V, zero on ignored rows
+            grad = log_probs.exp_()
+            grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.size(0), 1), smoothing - 1.0))
+            grad.sub_(smoothing / vocab).mul_(keep)
+            grad = grad.to(dtype)
+            grad_hidden[start: start + rows] = grad @ w
+            grad_weight += (grad.t() @ h).float()
+        ctx.grads = grad_hidden, grad_weight.to(weight.dtype)  # intermediates, not inputs: kept on ctx
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads
+        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output, None, None, None
+
+
+def output_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore: int,
+                smoothing: float = 0.0) -> torch.Tensor:
+    """Summed label-smoothed cross-entropy of the logits `hidden @ weight.T` over rows whose target is not
+    `ignore`. hidden (N, D) in the compute dtype, weight (V, D), target (N,). Without gradients (eval)
+    the plain path runs."""
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        logits = (hidden @ weight.to(hidden.dtype).t()).float()
+        return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore, label_smoothing=smoothing,
+                                                 reduction="sum")
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _FusedOutputLoss.apply(hidden, weight, target, ignore, smoothing)
