@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO ?= toy-attention
 
-.PHONY: install quickstart demo test lint clean toy-length
+.PHONY: install quickstart demo test lint clean toy-length bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ quickstart: install demo
 
 toy-length:
 	MTCLI=$(BIN)/mtcli sh experiments/toy-length.sh
+
+# speed, memory and MFU of training and decoding, as RESULT lines (benchmarks/bench.py; ~40 min on 2 cores)
+bench:
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 test:
 	$(BIN)/python -m pytest
