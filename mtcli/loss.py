@@ -65,5 +65,6 @@ def output_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
         logits = (hidden @ weight.to(hidden.dtype).t()).float()
         return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore, label_smoothing=smoothing,
                                                  reduction="sum")
+    real = target != ignore  # padding rows cost nothing: only the real ones go through the output layer
     with torch.autocast(hidden.device.type, enabled=False):
-        return _FusedOutputLoss.apply(hidden, weight, target, ignore, smoothing)
+        return _FusedOutputLoss.apply(hidden[real], weight, target[real], ignore, smoothing)
