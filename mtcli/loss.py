@@ -59,12 +59,15 @@ class _FusedOutputLoss(torch.autograd.Function):
 def output_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore: int,
                 smoothing: float = 0.0) -> torch.Tensor:
     """Summed label-smoothed cross-entropy of the logits `hidden @ weight.T` over rows whose target is not
-    `ignore`. hidden (N, D) in the compute dtype, weight (V, D), target (N,). Without gradients (eval)
-    the plain path runs."""
+    `ignore`. hidden (N, D), weight (V, D), target (N,); the products run in hidden's dtype, or under
+    autocast in its dtype. Without gradients (eval) the plain path runs."""
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         logits = (hidden @ weight.to(hidden.dtype).t()).float()
         return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore, label_smoothing=smoothing,
                                                  reduction="sum")
     real = target != ignore  # padding rows cost nothing: only the real ones go through the output layer
-    with torch.autocast(hidden.device.type, enabled=False):
-        return _FusedOutputLoss.apply(hidden[real], weight, target[real], ignore, smoothing)
+    hidden, device = hidden[real], hidden.device.type
+    if torch.is_autocast_enabled(device):  # the products run in autocast's dtype, as a Linear layer's would
+        hidden = hidden.to(torch.get_autocast_dtype(device))
+    with torch.autocast(device, enabled=False):
+        return _FusedOutputLoss.apply(hidden, weight, target[real], ignore, smoothing)

@@ -53,3 +53,19 @@ def test_without_gradients_the_plain_path_gives_the_same_value():
     target = torch.randint(0, 20, (9,))
     with torch.no_grad():
         assert torch.allclose(output_loss(hidden, weight, target, PAD, 0.1), plain(hidden, weight, target, 0.1))
+
+
+def test_under_autocast_the_products_run_in_bf16_like_a_linear_layer():
+    torch.manual_seed(0)
+    hidden = torch.randn(12, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    target = torch.randint(1, 30, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_value = output_loss(hidden, weight, target, PAD, 0.1)
+        fused_value.backward()
+        reference = F.cross_entropy(F.linear(hidden, weight).float(), target, label_smoothing=0.1, reduction="sum")
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    assert abs(fused_value.item() - reference.item()) < 1e-3 * abs(reference.item())
+    with torch.no_grad():
+        exact = F.cross_entropy(hidden @ weight.t(), target, label_smoothing=0.1, reduction="sum")
+    assert fused_value.item() != exact.item()  # bf16 products, not fp32 ones

@@ -98,12 +98,12 @@ class _KeepScale(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * torch.where(keep, x.new_full((), scale), x.new_zeros(()))
+        return (x * keep).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad * torch.where(keep, grad.new_full((), ctx.scale), grad.new_zeros(())), None, None
+        return (grad * keep).mul_(ctx.scale), None, None
 
 
 class OutputLayer(nn.Module):
