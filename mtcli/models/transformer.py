@@ -1,7 +1,8 @@
 """Transformer backend: pre-norm encoder-decoder, sinusoidal positions, multi-head attention through
 torch's scaled_dot_product_attention, and incremental decoding with a key/value cache.
 
-Attention weights are computed explicitly only when asked for (visualization); otherwise the fused kernel runs.
+Attention runs in torch's fused kernel, or as plain products where those are faster (one-query decoding
+steps, bf16 autocast on a CPU) or the weights are wanted (visualization).
 """
 
 from __future__ import annotations
@@ -45,31 +46,28 @@ class MultiHeadAttention(nn.Module):
                 causal: bool = False, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, D) queries over keys/values (B, h, S, d); mask (B, 1, 1, S) True = attend."""
         q = self.split(self.q_proj(x))  # (B, h, T, d)
-        if need_weights or x.size(1) == 1:  # a decoding step: for one query the plain products are faster
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, h, T, S)
-            if causal:
-                scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)
-            out = weights.to(v.dtype) @ v
-            if not need_weights:
-                weights = None
+        weights = None
+        if need_weights or x.size(1) == 1 or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+            out, weights = attention_products(q, k, v, mask, causal)
         else:
-            weights = None
-            out = sdpa(q, k, v, mask, causal and mask is None)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, D)
-        return self.out_proj(out), weights
+        return self.out_proj(out), weights if need_weights else None
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
-    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        # bf16 autocast on CPU: torch's bf16 attention kernel trains ~3.6x slower than its fp32 one
-        # (measured, torch 2.13), so attention itself runs in fp32; the projections around it stay bf16
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal)
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                       causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) v with its weights, as plain products. Used where they beat the fused
+    kernel: one-query decoding steps, and bf16 autocast on a CPU, where torch's fused bf16 attention
+    trains ~4x slower than these products (25.9 vs 6.5 ms forward+backward at 136x4x30x64, torch 2.13);
+    under autocast the products run in bf16 and the softmax in fp32."""
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, h, T, S)
+    if causal:
+        scores = scores.masked_fill(scores.new_ones(scores.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights.to(v.dtype) @ v, weights
 
 
 class FeedForward(nn.Sequential):
