@@ -27,10 +27,11 @@ class EvaluationResult:
     hypotheses: list[str]
     seconds: float
     alignment: AlignmentReport | None = None  # attention vs. gold links (toy data, attention models)
+    precision: str = "fp32"  # of the search (decode.precision)
 
     def as_dict(self) -> dict:
         return {"checkpoint": str(self.checkpoint), "test_set": self.test_set, "sentences": self.sentences,
-                "beam_size": self.beam_size, "seconds": round(self.seconds, 2),
+                "beam_size": self.beam_size, "precision": self.precision, "seconds": round(self.seconds, 2),
                 **{name: score.as_dict() for name, score in self.scores.items()},
                 "alignment": self.alignment.as_dict() if self.alignment else None}
 
@@ -54,4 +55,4 @@ def evaluate(bundle: Bundle, data: ParallelText, beam_size: int | None = None) -
     hypotheses = [t.text for t in translator(bundle).translate(data.src, beam)]
     seconds = time.perf_counter() - start
     return EvaluationResult(bundle.path, data.name, len(data), beam, corpus_scores(hypotheses, data.tgt),
-                            hypotheses, seconds, alignment_report(bundle, data))
+                            hypotheses, seconds, alignment_report(bundle, data), bundle.config.decode.precision)

@@ -57,6 +57,19 @@ def test_evaluate_table_and_json(in_workdir):
     assert {"chrf", "ter"} <= data.keys()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_and_translate_under_bf16_autocast(in_workdir, backend):
+    result = invoke("evaluate", f"runs/toy-{backend}", "--precision", "bf16", "--beam", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["precision"] == "bf16" and data["sentences"] == 16 and 0 <= data["bleu"]["score"] <= 100
+    assert json.loads(invoke("evaluate", f"runs/toy-{backend}", "--json").stdout)["precision"] == "fp32"
+    result = invoke("translate", "the dog sleeps", "-c", f"runs/toy-{backend}", "--precision", "bf16")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1
+    result = invoke("translate", "the dog sleeps", "-c", f"runs/toy-{backend}", "--precision", "fp16")
+    assert result.exit_code == 1 and result.stderr.strip() == "error: --precision: expected fp32 or bf16, got 'fp16'"
+
+
 def test_evaluate_on_given_files_and_writes_translations(in_workdir, tmp_path):
     src, ref, out = tmp_path / "t.src", tmp_path / "t.ref", tmp_path / "hyp.txt"
     src.write_text("the dog sleeps\na cat runs\n")
