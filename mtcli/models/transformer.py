@@ -66,7 +66,7 @@ def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
         scores = scores.masked_fill(scores.new_ones(scores.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)  # fp32 even when the products are bf16
     return weights.to(v.dtype) @ v, weights
 
 
