@@ -30,7 +30,7 @@ quickstart: install demo
 toy-length:
 	MTCLI=$(BIN)/mtcli sh experiments/toy-length.sh
 
-# speed, memory and MFU of training and decoding, as RESULT lines (benchmarks/bench.py; ~40 min on 2 cores)
+# speed, memory and MFU of training and decoding, as RESULT lines (benchmarks/bench.py; ~30 min on 2 cores)
 bench:
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
