@@ -21,8 +21,9 @@ ROW_ELEMENTS = 1 << 21  # logits per slice (8 MB in fp32): small enough to stay 
 
 class _FusedOutputLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore: int,
-                smoothing: float) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float
+                ) -> torch.Tensor:
+        """Every row counts: output_loss has left out the padding rows."""
         dtype = hidden.dtype  # the compute dtype (bf16 under autocast, else fp32)
         w = weight.to(dtype)
         vocab = w.size(0)
@@ -32,17 +33,16 @@ class _FusedOutputLoss(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for start in range(0, hidden.size(0), rows):
             h, t = hidden[start: start + rows], target[start: start + rows]
-            keep = (t != ignore).unsqueeze(1)  # (n, 1)
             logits = (h @ w.t()).float()  # (n, V)
             lse = logits.logsumexp(dim=1, keepdim=True)
             log_probs = logits.sub_(lse)  # in place: the logits are not needed again
             nll = -log_probs.gather(1, t.unsqueeze(1))
             loss = (1.0 - smoothing) * nll - smoothing * log_probs.mean(dim=1, keepdim=True)
-            total += loss.masked_fill(~keep, 0.0).sum()
-            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V, zero on ignored rows
+            total += loss.sum()
+            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V
             grad = log_probs.exp_()
             grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.size(0), 1), smoothing - 1.0))
-            grad.sub_(smoothing / vocab).mul_(keep)
+            grad.sub_(smoothing / vocab)
             grad = grad.to(dtype)
             grad_hidden[start: start + rows] = grad @ w
             grad_weight += (grad.t() @ h).float()
@@ -53,7 +53,7 @@ class _FusedOutputLoss(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.grads
         del ctx.grads
-        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output, None, None, None
+        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output, None, None
 
 
 def output_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore: int,
@@ -70,4 +70,4 @@ def output_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
     if torch.is_autocast_enabled(device):  # the products run in autocast's dtype, as a Linear layer's would
         hidden = hidden.to(torch.get_autocast_dtype(device))
     with torch.autocast(device, enabled=False):
-        return _FusedOutputLoss.apply(hidden, weight, target[real], ignore, smoothing)
+        return _FusedOutputLoss.apply(hidden, weight, target[real], smoothing)
