@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from train_speed import load, tokenizer_file  # noqa: E402
+from train_speed import load, prepare_once  # noqa: E402
 
 CONFIGS = ["experiments/bench-transformer.yaml", "experiments/bench-attention.yaml",
            "experiments/multi30k-seq2seq.yaml", "experiments/multi30k-attention.yaml",
@@ -157,21 +157,13 @@ def decode_child(args: argparse.Namespace) -> dict:
     return record
 
 
-def train_stats(config: str, tmp: Path) -> dict:
-    """Average training lengths (EOS included) and vocabulary, for the FLOP count."""
-    import torch
-
-    from mtcli.data.dataset import prepare_data
-    from mtcli.data.tokenizers import tokenizer_from_state
-
-    cfg = load(config, "fp32", 0, str(tmp))
-    states = torch.load(tmp / (Path(config).stem + ".tokenizers.pt"), weights_only=True)
-    data = prepare_data(cfg.data, cfg.train.seed, (tokenizer_from_state(states["src"]),
-                                                   tokenizer_from_state(states["tgt"])))
+def train_stats(config: str, data) -> dict:
+    """Average training lengths (EOS included) of the prepared data, and the model FLOPs they give."""
+    model = load(config, "fp32", 0, "unused").model
     n, vocab = len(data.train), data.tgt_tokenizer.vocab_size
     src_len, tgt_len = sum(len(e.src) for e in data.train) / n, sum(len(e.tgt) + 1 for e in data.train) / n
-    return {"src_len": src_len, "tgt_len": tgt_len, "backend": cfg.model.backend,
-            "flops": flops_per_target_token(cfg.model, vocab, src_len, tgt_len)}
+    return {"src_len": src_len, "tgt_len": tgt_len, "backend": model.backend,
+            "flops": flops_per_target_token(model, vocab, src_len, tgt_len)}
 
 
 # ---------------------------------------------------------------- parent
@@ -282,8 +274,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
             start = time.perf_counter()
-            tokenizers = tokenizer_file(config, Path(tmp))
-            stats = train_stats(config, Path(tmp))
+            tokenizers, data = prepare_once(config, Path(tmp))
+            stats = train_stats(config, data)
+            del data
             print(f"# {Path(config).stem}: {stats['backend']}, average lengths {stats['src_len']:.2f} source / "
                   f"{stats['tgt_len']:.2f} target pieces, {stats['flops'] / 1e6:.2f} MFLOP per target token",
                   flush=True)

@@ -71,7 +71,8 @@ def child(args: argparse.Namespace) -> None:
                       "parameters": trainer.model.parameter_count(), "threads": torch.get_num_threads()}))
 
 
-def tokenizer_file(config: str, folder: Path) -> Path:
+def prepare_once(config: str, folder: Path):
+    """Train the config's tokenizers once and save them for the measuring processes: (file, prepared data)."""
     import torch
 
     from mtcli.data.dataset import prepare_data
@@ -80,7 +81,7 @@ def tokenizer_file(config: str, folder: Path) -> Path:
     data = prepare_data(cfg.data, cfg.train.seed)
     path = folder / (Path(config).stem + ".tokenizers.pt")
     torch.save({"src": data.src_tokenizer.state(), "tgt": data.tgt_tokenizer.state()}, path)
-    return path
+    return path, data
 
 
 def main() -> None:
@@ -100,7 +101,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.config:
-            tokenizers = tokenizer_file(config, Path(tmp))
+            tokenizers, _ = prepare_once(config, Path(tmp))
             runs: dict[str, list[dict]] = {p: [] for p in args.precision}
             for rep in range(args.reps):
                 for precision in args.precision:

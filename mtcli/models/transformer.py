@@ -175,8 +175,8 @@ class Transformer(Backend):
 
         Returns "encoder" (B, encoder layers, heads, S, S), "decoder" (B, decoder layers, heads, T, T;
         causal) and "cross" (B, decoder layers, heads, T, S); query positions down, key positions across.
-        The same computation as features(), through the explicit-weights path of MultiHeadAttention, so
-        training and decoding keep the fused kernel. Call it under torch.no_grad() in eval mode.
+        The same computation as features(), through the explicit-weights path of MultiHeadAttention
+        (attention_products). Call it under torch.no_grad() in eval mode.
         """
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         x = self._embed(self.src_embed, src)
