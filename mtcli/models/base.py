@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 State = dict[str, Any]
@@ -123,8 +124,8 @@ class OutputLayer(nn.Module):
         return self.tied.weight if self.tied is not None else self.proj.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.tied is not None:
-            return hidden @ self.tied.weight.t()
+        if self.tied is not None:  # F.linear on the parameter itself: autocast casts it once, not every call
+            return F.linear(hidden, self.tied.weight)
         return self.proj(hidden)
 
 

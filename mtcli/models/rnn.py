@@ -89,7 +89,7 @@ class RNNDecoderBase(Backend):
         return {"hidden": hidden, "cell": hidden} if self.is_lstm else {"hidden": hidden}
 
     def log_probs(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.output(self.dropout(features)).float(), dim=-1)
+        return torch.log_softmax(self.output(self.dropout(features)), dim=-1, dtype=torch.float32)
 
 
 class Seq2Seq(RNNDecoderBase):
