@@ -99,12 +99,12 @@ class _KeepScale(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * keep).mul_(scale)
+        return torch.where(keep, x, 0).mul_(scale)  # where, not x * keep: no bool-to-float copy of the mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None, None
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
 
 
 class OutputLayer(nn.Module):
