@@ -124,9 +124,7 @@ class OutputLayer(nn.Module):
         return self.tied.weight if self.tied is not None else self.proj.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.tied is not None:  # F.linear on the parameter itself: autocast casts it once, not every call
-            return F.linear(hidden, self.tied.weight)
-        return self.proj(hidden)
+        return F.linear(hidden, self.weight)  # on the parameter itself: autocast casts it once, not every call
 
 
 def make_embeddings(src_vocab: int, tgt_vocab: int, dim: int, tie: str
