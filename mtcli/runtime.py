@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Any
@@ -46,6 +47,24 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
     return name
+
+
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
+TRAINING_ONEDNN_CACHE = 32
+
+
+def limit_onednn_cache(capacity: int = TRAINING_ONEDNN_CACHE) -> None:
+    """Keep at most `capacity` oneDNN primitives cached (default 1024), unless the user chose a size.
+
+    bf16 matrix products on a CPU go through oneDNN, which caches one compiled primitive per shape.
+    Training batches have a new token count almost every update, so their primitives are seldom reused
+    but kept, up to ~0.4 GB for the bench Transformer; a small cache holds the shapes one update
+    repeats (layer after layer, step after step of an RNN) at the same speed. Decoding reuses shapes
+    batch after batch and wants the large default, so this is for training processes only. It takes
+    effect only before the process's first oneDNN primitive, which is why training sets it at start.
+    """
+    if not any(name in os.environ for name in ONEDNN_CACHE_VARIABLES):
+        os.environ[ONEDNN_CACHE_VARIABLES[0]] = str(capacity)
 
 
 class Precision:

@@ -28,7 +28,7 @@ from mtcli.inference import decode_examples
 from mtcli.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
 from mtcli.models import Backend, build_model
-from mtcli.runtime import Precision, StopSignals, resolve_device, resolve_precision
+from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
 
 # ---------------------------------------------------------------- events
 
@@ -197,6 +197,8 @@ class Trainer:
         self.world = distributed.world_from_env()
         self.device = resolve_device(cfg.train.device, self.world)
         self.precision = Precision(resolve_precision(cfg.train.precision, self.device), self.device)
+        if self.device.type == "cpu" and self.precision.name == "bf16":
+            limit_onednn_cache()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         distributed.start(self.world, self.device)

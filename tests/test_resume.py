@@ -17,6 +17,7 @@ import yaml
 from mtcli import checkpoint as ckpt
 from mtcli.checkpoint import BEST, CHECKPOINTS, LATEST, load_checkpoint, read_checkpoint
 from mtcli.errors import CheckpointError, ConfigError
+from mtcli.runtime import ONEDNN_CACHE_VARIABLES
 from mtcli.training import Callback, train
 from tests.conftest import tiny_config, tiny_dict
 
@@ -188,7 +189,10 @@ def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_good_check
     assert read_checkpoint(tmp_path / "run" / LATEST)["meta"]["step"] == 10
 
 
-def test_precision_settings(tmp_path):
+def test_precision_settings(tmp_path, monkeypatch):
+    for name in ONEDNN_CACHE_VARIABLES:  # absent during the test, as before it afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         train(tiny_config("transformer", tmp_path / "a", train={"precision": "fp16", "device": "cpu"}))
     cfg = tiny_config("attention", tmp_path / "b", train={"precision": "bf16", "max_steps": 10,
@@ -196,6 +200,7 @@ def test_precision_settings(tmp_path):
     end = train(cfg)
     assert end.step == 10 and load_checkpoint(cfg.run_path / BEST).meta["precision"] == "bf16"
     assert all(t.dtype == torch.float32 for t in weights(cfg.run_path).values())  # fp32 master weights
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"  # bf16 training on a CPU: a small oneDNN cache
 
 
 def test_old_runs_without_training_state_ask_for_restart(tmp_path):

@@ -1,11 +1,20 @@
 """Device and precision selection, as the config asks for them."""
 
+import os
+
 import pytest
 import torch
 
 from mtcli.distributed import World
 from mtcli.errors import ConfigError
-from mtcli.runtime import Precision, cpu_has_bf16, resolve_device, resolve_precision
+from mtcli.runtime import (
+    ONEDNN_CACHE_VARIABLES,
+    Precision,
+    cpu_has_bf16,
+    limit_onednn_cache,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def test_cpu_and_auto_devices():
@@ -52,3 +61,15 @@ def test_transformer_attention_under_bf16_autocast_matches_fp32():
             out, weights = attention_products(q, k, v, m, causal)
         assert out.dtype == torch.bfloat16 and weights.dtype == torch.float32  # softmax in fp32
         torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("user", [None, "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"])
+def test_the_training_onednn_cache_limit_leaves_a_size_the_user_chose(monkeypatch, user):
+    for name in ONEDNN_CACHE_VARIABLES:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    if user:
+        monkeypatch.setenv(user, "500")
+    limit_onednn_cache(16)
+    expected = {None: "16", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "500", "DNNL_PRIMITIVE_CACHE_CAPACITY": None}
+    assert os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == expected[user]
