@@ -156,3 +156,23 @@ def test_cpu_dropout_keeps_the_right_share_scales_and_passes_gradients_through_t
     assert torch.equal(drop(x), y)  # the global generator decides: seeded runs repeat
     drop.eval()
     assert drop(x) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_relu_dropout_in_one_step_gives_the_values_and_gradients_of_relu_then_dropout(dtype):
+    from mtcli.models.base import Dropout
+
+    drop = Dropout(0.25)
+    x1 = torch.randn(300, 77).to(dtype).requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    g = torch.randn(300, 77).to(dtype)
+    torch.manual_seed(5)
+    y1 = drop(x1, relu=True)
+    torch.manual_seed(5)
+    y2 = drop(torch.relu(x2))
+    assert torch.equal(y1, y2) and (y1 == 0).float().mean() > 0.5  # about half negative, a quarter dropped
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.equal(x1.grad, x2.grad) and (x1.grad != 0).any()
+    drop.eval()
+    assert torch.equal(drop(x1, relu=True), torch.relu(x1))

@@ -71,8 +71,13 @@ def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 
 class FeedForward(nn.Sequential):
+    """Linear, ReLU, dropout, Linear; the ReLU and the dropout run as one step (Dropout(relu=True))."""
+
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ff_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[3](self[2](self[0](x), relu=True))
 
 
 class EncoderLayer(nn.Module):
