@@ -34,16 +34,19 @@ class _FusedOutputLoss(torch.autograd.Function):
         for start in range(0, hidden.size(0), rows):
             h, t = hidden[start: start + rows], target[start: start + rows]
             logits = (h @ w.t()).float()  # (n, V)
-            lse = logits.logsumexp(dim=1, keepdim=True)
-            log_probs = logits.sub_(lse)  # in place: the logits are not needed again
-            nll = -log_probs.gather(1, t.unsqueeze(1))
-            loss = (1.0 - smoothing) * nll - smoothing * log_probs.mean(dim=1, keepdim=True)
+            logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted by the row maximum: exp cannot overflow
+            mean = logits.mean(dim=1, keepdim=True)
+            picked = logits.gather(1, t.unsqueeze(1))
+            probs = logits.exp_()  # in place: the logits are not needed again
+            norm = probs.sum(dim=1, keepdim=True)
+            log_norm = norm.log()  # log-probabilities are (shifted logits - log_norm)
+            loss = (1.0 - smoothing) * (log_norm - picked) + smoothing * (log_norm - mean)
             total += loss.sum()
-            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V
-            grad = log_probs.exp_()
-            grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.size(0), 1), smoothing - 1.0))
-            grad.sub_(smoothing / vocab)
-            grad = grad.to(dtype)
+            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V, written in the compute dtype
+            # by one addcmul: (exp + (eps - 1) norm one_hot) / norm - eps / V
+            probs.scatter_add_(1, t.unsqueeze(1), norm * (smoothing - 1.0))
+            grad = torch.addcmul(logits.new_full((), -smoothing / vocab), probs, norm.reciprocal_(),
+                                 out=torch.empty(probs.shape, dtype=dtype))
             grad_hidden[start: start + rows] = grad @ w
             grad_weight += (grad.t() @ h).float()
         ctx.grads = grad_hidden, grad_weight.to(weight.dtype)  # intermediates, not inputs: kept on ctx
