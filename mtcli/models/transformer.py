@@ -71,7 +71,8 @@ def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 
 class FeedForward(nn.Sequential):
-    """Linear, ReLU, dropout, Linear; the ReLU and the dropout run as one step (Dropout(relu=True))."""
+    """Linear, ReLU, dropout, Linear; the ReLU and the dropout run as one step (Dropout(relu=True)), so
+    self[1] is not called: it stays so that the Linears keep their checkpoint names (ff.0, ff.3)."""
 
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ff_dim, dim))
