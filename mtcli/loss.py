@@ -34,19 +34,18 @@ class _FusedOutputLoss(torch.autograd.Function):
         for start in range(0, hidden.size(0), rows):
             h, t = hidden[start: start + rows], target[start: start + rows]
             logits = (h @ w.t()).float()  # (n, V)
-            logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted by the row maximum: exp cannot overflow
+            top = logits.amax(dim=1, keepdim=True)
             mean = logits.mean(dim=1, keepdim=True)
             picked = logits.gather(1, t.unsqueeze(1))
-            probs = logits.exp_()  # in place: the logits are not needed again
-            norm = probs.sum(dim=1, keepdim=True)
-            log_norm = norm.log()  # log-probabilities are (shifted logits - log_norm)
+            # softmax's own kernel, several times faster than exp over the logits on a CPU. At a row's maximum
+            # it is exp(0) / sum(exp(logits - top)), so the log-normaliser is top - log(its largest value)
+            probs = torch.softmax(logits, dim=1)
+            log_norm = top - probs.amax(dim=1, keepdim=True).log_()
             loss = (1.0 - smoothing) * (log_norm - picked) + smoothing * (log_norm - mean)
             total += loss.sum()
-            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V, written in the compute dtype
-            # by one addcmul: (exp + (eps - 1) norm one_hot) / norm - eps / V
-            probs.scatter_add_(1, t.unsqueeze(1), norm * (smoothing - 1.0))
-            grad = torch.addcmul(logits.new_full((), -smoothing / vocab), probs, norm.reciprocal_(),
-                                 out=torch.empty(probs.shape, dtype=dtype))
+            # d loss / d logits = softmax - (1 - eps) one_hot(target) - eps / V
+            probs.sub_(smoothing / vocab).scatter_add_(1, t.unsqueeze(1), top.new_full(picked.shape, smoothing - 1.0))
+            grad = probs.to(dtype)
             grad_hidden[start: start + rows] = grad @ w
             grad_weight += (grad.t() @ h).float()
         ctx.grads = grad_hidden, grad_weight.to(weight.dtype)  # intermediates, not inputs: kept on ctx
