@@ -154,6 +154,7 @@ def test_cpu_dropout_keeps_the_right_share_scales_and_passes_gradients_through_t
     assert drop(x.bfloat16()).dtype == torch.bfloat16
     torch.manual_seed(0)
     assert torch.equal(drop(x), y)  # the global generator decides: seeded runs repeat
+    assert not torch.equal(drop(x), y)  # and each call draws a fresh mask from it
     drop.eval()
     assert drop(x) is x
 
