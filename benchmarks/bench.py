@@ -117,7 +117,7 @@ def decode_child(args: argparse.Namespace) -> dict:
     from mtcli.checkpoint import load_checkpoint
     from mtcli.config import DecodeConfig, load_config
     from mtcli.data.corpus import load_split
-    from mtcli.data.tokenizers import tokenizer_from_state
+    from mtcli.data.dataset import prepare_train
     from mtcli.inference import Translator
     from mtcli.metrics import bleu
     from mtcli.models import build_model
@@ -129,8 +129,7 @@ def decode_child(args: argparse.Namespace) -> dict:
         overrides += [f"decode.min_len={FIXED_LEN}", f"decode.max_len={FIXED_LEN + 1}", "decode.max_len_ratio=1000"]
     cfg = load_config(ROOT / args.config, overrides)
     if args.mode == "fixed":
-        states = torch.load(args.tokenizers, weights_only=True)
-        src_tok, tgt_tok = tokenizer_from_state(states["src"]), tokenizer_from_state(states["tgt"])
+        src_tok, tgt_tok, _, _ = prepare_train(cfg.data)  # prepared once by the parent
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size).eval()
         split = load_split(cfg.data, "dev")
         texts, refs = split.src[: args.decode_sents], None
@@ -160,8 +159,8 @@ def decode_child(args: argparse.Namespace) -> dict:
 def train_stats(config: str, data) -> dict:
     """Average training lengths (EOS included) of the prepared data, and the model FLOPs they give."""
     model = load(config, "fp32", 0, "unused").model
-    n, vocab = len(data.train), data.tgt_tokenizer.vocab_size
-    src_len, tgt_len = sum(len(e.src) for e in data.train) / n, sum(len(e.tgt) + 1 for e in data.train) / n
+    vocab = data.tgt_tokenizer.vocab_size
+    src_len, tgt_len = data.train.mean_lengths()
     return {"src_len": src_len, "tgt_len": tgt_len, "backend": model.backend,
             "flops": flops_per_target_token(model, vocab, src_len, tgt_len)}
 
@@ -194,13 +193,13 @@ def run_peak(args) -> dict:
     return peak
 
 
-def run_train(args, config: str, tokenizers: Path, stats: dict, peak: dict) -> None:
+def run_train(args, config: str, stats: dict, peak: dict) -> None:
     runs: dict[str, list[dict]] = {p: [] for p in args.precision}
     for _ in range(args.reps):
         for precision in args.precision:  # interleaved, so that machine noise hits them alike
             record = child_json([sys.executable, str(HERE / "train_speed.py"), "--child", "--config", config,
                                  "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                 "--threads", str(args.threads), "--tokenizers", str(tokenizers)])
+                                 "--threads", str(args.threads)])
             record["tok_s"] = sum(record["tokens"]) / sum(record["seconds"])
             runs[precision].append(record)
     for precision, records in runs.items():
@@ -215,15 +214,14 @@ def run_train(args, config: str, tokenizers: Path, stats: dict, peak: dict) -> N
                runs=",".join(f"{r['tok_s']:.0f}" for r in records))
 
 
-def run_decode(args, config: str, tokenizers: Path, backend: str) -> None:
+def run_decode(args, config: str, backend: str) -> None:
     checkpoint = ROOT / "runs" / Path(config).stem / "best.pt"
     modes = [("fixed", None)] + ([("natural", checkpoint)] if checkpoint.is_file() and not args.quick else [])
     for mode, path in modes:
         for precision, beam in itertools.product(args.precision, (1, 5)):
             command = [sys.executable, __file__, "--child", "decode", "--config", config, "--mode", mode,
                        "--beam", str(beam), "--reps", str(args.reps), "--threads", str(args.threads),
-                       "--precision", precision, "--decode-sents", str(args.decode_sents),
-                       "--tokenizers", str(tokenizers)]
+                       "--precision", precision, "--decode-sents", str(args.decode_sents)]
             if path:
                 command += ["--checkpoint", str(path)]
             r = child_json(command)
@@ -252,7 +250,6 @@ def main() -> None:
     parser.add_argument("--mode", choices=["fixed", "natural"], help=argparse.SUPPRESS)
     parser.add_argument("--beam", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    parser.add_argument("--tokenizers", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="1024,2048,3072", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,16 +271,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
             start = time.perf_counter()
-            tokenizers, data = prepare_once(config, Path(tmp))
+            data = prepare_once(config, Path(tmp))
             stats = train_stats(config, data)
             del data
             print(f"# {Path(config).stem}: {stats['backend']}, average lengths {stats['src_len']:.2f} source / "
                   f"{stats['tgt_len']:.2f} target pieces, {stats['flops'] / 1e6:.2f} MFLOP per target token",
                   flush=True)
             if "train" in args.only:
-                run_train(args, config, tokenizers, stats, peak)
+                run_train(args, config, stats, peak)
             if "decode" in args.only:
-                run_decode(args, config, tokenizers, stats["backend"])
+                run_decode(args, config, stats["backend"])
             print(f"# {Path(config).stem} done in {time.perf_counter() - start:.0f}s", flush=True)
 
 

@@ -7,7 +7,8 @@ Each measurement is a fresh process (so peak RSS is its own) that builds the mod
 `mtcli train` does, runs `--warmup` updates, then times `--steps` updates of the real training step
 (forward, backward, clipping, optimizer). Precisions are interleaved within each repetition so that
 machine noise hits them alike; the medians are printed as one `RESULT ...` line per config and
-precision, in the form of ../shared/bench. Tokenizers are trained once per config, not per process.
+precision, in the form of ../shared/bench. The data is prepared once per config (into the prepared-data
+cache), and the measuring processes map it.
 Run it with nothing else busy: two processes on two cores halve each other's figures.
 """
 
@@ -38,25 +39,17 @@ def child(args: argparse.Namespace) -> None:
     """One measurement: print {"tokens": [...], "seconds": [...], "peak_rss_mb": ...} as JSON."""
     import torch
 
-    from mtcli.data.dataset import prepare_data
-    from mtcli.data.tokenizers import tokenizer_from_state
     from mtcli.training import Trainer
-
-    states = torch.load(args.tokenizers, weights_only=True)
-    tokenizers = (tokenizer_from_state(states["src"]), tokenizer_from_state(states["tgt"]))
 
     class Measured(Trainer):
         def _resumable(self):
             return None
 
-        def _prepare_data(self, resume):
-            return prepare_data(self.cfg.data, self.cfg.train.seed, tokenizers)
-
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Measured(load(args.config, args.precision, args.threads, tmp), [])
     tokens, seconds = [], []
     while len(tokens) < args.warmup + args.steps:
-        groups = trainer._groups()
+        groups = list(trainer._groups())
         if not groups:
             trainer.progress.epoch, trainer.progress.batch_in_epoch = trainer.progress.epoch + 1, 0
             continue
@@ -72,16 +65,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def prepare_once(config: str, folder: Path):
-    """Train the config's tokenizers once and save them for the measuring processes: (file, prepared data)."""
-    import torch
-
+    """Prepare the config's data once (into the prepared-data cache) for the measuring processes."""
     from mtcli.data.dataset import prepare_data
 
-    cfg = load(config, "fp32", 0, str(folder))
-    data = prepare_data(cfg.data, cfg.train.seed)
-    path = folder / (Path(config).stem + ".tokenizers.pt")
-    torch.save({"src": data.src_tokenizer.state(), "tgt": data.tgt_tokenizer.state()}, path)
-    return path, data
+    return prepare_data(load(config, "fp32", 0, str(folder)).data)
 
 
 def main() -> None:
@@ -93,7 +80,6 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="measurements per config and precision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--tokenizers", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.config, args.precision = args.config[0], args.precision[0]
@@ -101,13 +87,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.config:
-            tokenizers, _ = prepare_once(config, Path(tmp))
+            prepare_once(config, Path(tmp))
             runs: dict[str, list[dict]] = {p: [] for p in args.precision}
             for rep in range(args.reps):
                 for precision in args.precision:
                     command = [sys.executable, __file__, "--child", "--config", config, "--precision", precision,
                                "--steps", str(args.steps), "--warmup", str(args.warmup),
-                               "--threads", str(args.threads), "--tokenizers", str(tokenizers)]
+                               "--threads", str(args.threads)]
                     start = time.perf_counter()
                     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                     if out.returncode:

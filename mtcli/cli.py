@@ -323,8 +323,37 @@ def report(
     stdout.print(f"wrote {path}", soft_wrap=True)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch and check them.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch them, prepare them for training.")
 app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
+) -> None:
+    """Prepare a config's training data ahead of training: the vocabulary and every training corpus's token
+    ids, kept in the prepared-data cache (data.cache_dir, else $MTCLI_CACHE, else ~/.cache/mtcli/prepared),
+    where train, a resumed run, other configs on the same data and every torchrun process find them."""
+    import time
+
+    from mtcli.config import load_config
+    from mtcli.data.dataset import prepare_train
+    from mtcli.data.prepared import cache_root
+    from mtcli.ui import PreparationProgress
+
+    cfg = load_config(config, overrides or [])
+    start, progress = time.perf_counter(), PreparationProgress(stderr)
+    try:
+        _, _, train_set, notes = prepare_train(cfg.data, progress=progress)
+    finally:
+        progress.close()
+    for note in notes:
+        stdout.print(note, soft_wrap=True, highlight=False)
+    stdout.print(f"{len(train_set):,} training pairs ready in {cache_root(cfg.data)} "
+                 f"({time.perf_counter() - start:.1f}s)", soft_wrap=True, highlight=False)
 
 
 @data_app.command("fetch")

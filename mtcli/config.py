@@ -36,11 +36,19 @@ class ToyConfig:
 
 
 @dataclass(frozen=True)
+class CorpusConfig:
+    """One training corpus among several (data.train as a list), mixed by weight each epoch."""
+
+    name: str  # file stem under data.dir, or a .tsv file, as data.train
+    weight: float = 1.0  # pairs per epoch = weight x the corpus's pairs (2: each twice; 0.5: a seeded half)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dir: str | None = None
     src_lang: str = "src"
     tgt_lang: str = "tgt"
-    train: str = "train"
+    train: str | tuple[CorpusConfig, ...] = "train"
     dev: str = "val"
     test: str = "test"
     tokenizer: Literal["whitespace", "sentencepiece"] = "whitespace"
@@ -48,7 +56,14 @@ class DataConfig:
     vocab_size: int = 8000
     joint_vocab: bool = True
     max_len: int = 100
+    spm_sample: int = 1_000_000
+    cache_dir: str | None = None
     toy: ToyConfig = field(default_factory=ToyConfig)
+
+    @property
+    def corpora(self) -> tuple[CorpusConfig, ...]:
+        """The training corpora, one for a plain data.train."""
+        return (CorpusConfig(self.train),) if isinstance(self.train, str) else self.train
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
+    init_from: str | None = None
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     threads: int = 0
@@ -141,10 +157,18 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ')}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _same_shape(value: Any, tp: Any) -> bool:
+    """A YAML list given for a list type, or a mapping for a section."""
+    return (isinstance(value, list) and typing.get_origin(tp) is tuple) or (
+        isinstance(value, dict) and dataclasses.is_dataclass(tp))
 
 
 def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
@@ -156,6 +180,11 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
         if not isinstance(value, dict):
             _fail(source, path, f"expected a mapping of keys, got {value!r}")
         return _build(tp, value, source, path)
+    if origin is tuple:  # tuple[X, ...]: a YAML list
+        if not isinstance(value, list) or not value:
+            _fail(source, path, f"expected {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item, source, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -171,7 +200,8 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
             try:
                 return _convert(value, option, source, path)
             except ConfigError:
-                pass
+                if _same_shape(value, option):  # the option the user meant: its own message is the useful one
+                    raise
         _fail(source, path, f"expected {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
@@ -209,6 +239,9 @@ def _build(cls: type, data: dict, source: str, path: str = "") -> Any:
         if key not in known:
             _unknown_key(cls, key, source, path)
         kwargs[key] = _convert(value, hints[key], source, f"{path}.{key}" if path else key)
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _fail(source, f"{path}.{f.name}" if path else f.name, "missing (this key has no default)")
     return cls(**kwargs)
 
 
@@ -290,6 +323,14 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
     if rnn and cfg.model.tie_embeddings != "none" and cfg.model.embed_dim != cfg.model.hidden_dim:
         _fail(source, "model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
               f"(got {cfg.model.embed_dim} and {cfg.model.hidden_dim})")
+    for i, corpus in enumerate(cfg.data.corpora):
+        if not corpus.weight > 0:
+            _fail(source, f"data.train[{i}].weight", f"must be positive, got {corpus.weight}")
+    names = [corpus.name for corpus in cfg.data.corpora]
+    if len(set(names)) < len(names):
+        _fail(source, "data.train", "names a corpus twice; give it one entry with a larger weight")
+    if cfg.data.spm_sample < 0:
+        _fail(source, "data.spm_sample", f"must be zero (all sentences) or positive, got {cfg.data.spm_sample}")
     if cfg.data.toy.max_len < cfg.data.toy.min_len:
         _fail(source, "data.toy.max_len", f"must be at least data.toy.min_len ({cfg.data.toy.min_len})")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
@@ -331,7 +372,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain data (lists, not tuples) for YAML, JSON and checkpoints."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in items})
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

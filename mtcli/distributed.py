@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -67,13 +70,40 @@ def all_sum(values: list[float], world: World) -> list[float]:
     return tensor.tolist()
 
 
-def broadcast(obj: Any, world: World) -> Any:
+def broadcast(obj: Any, world: World, group: Any = None) -> Any:
     """Rank 0's `obj` on every process (plain picklable data, sent once per validation or at start)."""
     if not world.distributed:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
+
+
+# A preparation of a large corpus (tokenizer training, encoding) can take far longer than the default
+# collective timeout (30 minutes for gloo, 10 for NCCL): the processes waiting for rank 0 wait this long.
+PREPARE_TIMEOUT = timedelta(hours=6)
+
+
+@contextlib.contextmanager
+def patient_group(world: World, timeout: timedelta = PREPARE_TIMEOUT) -> Iterator[Any]:
+    """A gloo group of every process whose collectives wait up to `timeout` (None without torchrun)."""
+    if not world.distributed:
+        yield None
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
+
+
+T = TypeVar("T")
+
+
+def share(items: list[T], world: World) -> list[T]:
+    """This process's share of one update's batches: every N-th, from its rank on. The shares of the N
+    processes are disjoint and together hold every batch."""
+    return items[world.rank:: world.size]
 
 
 def gather(obj: Any, world: World) -> list[Any]:

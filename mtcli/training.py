@@ -12,15 +12,17 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from mtcli import checkpoint as ckpt
 from mtcli import distributed
-from mtcli.checkpoint import BEST, LATEST, pointed, read_checkpoint
-from mtcli.config import ExperimentConfig, TrainConfig, config_to_dict, dump_config
-from mtcli.data.batching import Batch, collate, iterate_batches, pair_length, token_batches
+from mtcli.checkpoint import BEST, LATEST, pointed, read_checkpoint, resolve_checkpoint
+from mtcli.config import ExperimentConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
+from mtcli.data.batching import Batch, EpochPlan, iterate_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
 from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -31,6 +33,13 @@ from mtcli.models import Backend, build_model
 from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
 
 # ---------------------------------------------------------------- events
+
+
+@dataclass
+class PrepareEvent:
+    stage: str  # e.g. "training the sentencepiece vocabulary", "encoding <files>"
+    done: int  # progress in the stage's own unit (bytes read, pairs)
+    total: int
 
 
 @dataclass
@@ -92,6 +101,8 @@ class EndEvent:
 
 class Callback:
     """Receives the training events; every method is optional."""
+
+    def on_prepare(self, event: PrepareEvent) -> None: ...
 
     def on_start(self, event: StartEvent) -> None: ...
 
@@ -205,15 +216,20 @@ class Trainer:
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         resume = None if restart else self._resumable()
-        self.data = self._prepare_data(resume)
+        start_from = self._start_from() if resume is None else None
+        self.data = self._prepare_data(resume or start_from)
         self.dev_batches = iterate_batches(self.data.dev, cfg.train.batch_tokens)  # collated once, reused
-        self.train_lengths = [pair_length(e) for e in self.data.train]
-        self.train_src_lengths = [len(e.src) for e in self.data.train]
-        self.tgt_tokens = [len(e.tgt) + 1 for e in self.data.train]
-        self.batches_per_epoch = len(self._epoch_batches(1))  # the same for every epoch
+        self._plan: tuple[int, EpochPlan] | None = None
+        self.batches_per_epoch = self._batches_in(1)
         if not self.batches_per_epoch:
-            raise DataError(f"{self.data.notes[0]}: fewer training batches than the {self.world.size} processes")
+            raise DataError(f"data.train: {len(self.data.train)} training pairs make {len(self._epoch_plan(1))} "
+                            f"batches of train.batch_tokens={cfg.train.batch_tokens}, fewer than the "
+                            f"{self.world.size} processes; use fewer processes or smaller batches")
         self.model = build_model(cfg.model, self.data.src_tokenizer.vocab_size, self.data.tgt_tokenizer.vocab_size)
+        if start_from is not None:
+            self.model.load_state_dict(start_from["model"])
+            self.data.notes.append(f"initialised from {start_from['path']} (step {start_from['meta'].get('step')}): "
+                                   "its weights and vocabulary, a fresh optimizer and schedule")
         self.model.to(self.device).train()
         self.net: torch.nn.Module = self.model
         if self.world.distributed:  # the same initial weights everywhere (DDP checks), then own dropout streams
@@ -232,37 +248,59 @@ class Trainer:
 
     # ----- data
 
-    def _prepare_data(self, resume: dict | None) -> PreparedData:
-        """Resuming reuses the stored tokenizers; under torchrun rank 0 trains them and sends them round."""
+    def _prepare_data(self, checkpoint: dict | None) -> PreparedData:
+        """Prepare the data (or find it prepared) with the checkpoint's tokenizers when resuming or starting
+        from a model. Under torchrun rank 0 prepares while the others wait (long timeout), then they find
+        it in the cache, encoded with the tokenizers rank 0 sends round."""
         cfg, tokenizers = self.cfg, None
-        if resume is not None:
-            tokenizers = (tokenizer_from_state(resume["tokenizers"]["src"]),
-                          tokenizer_from_state(resume["tokenizers"]["tgt"]))
+        progress = lambda stage, done, total: self.emit("on_prepare", PrepareEvent(stage, done, total))  # noqa: E731
+        if checkpoint is not None:
+            tokenizers = (tokenizer_from_state(checkpoint["tokenizers"]["src"]),
+                          tokenizer_from_state(checkpoint["tokenizers"]["tgt"]))
         elif self.world.distributed:
-            data = prepare_data(cfg.data, cfg.train.seed) if self.world.main else None
-            states = distributed.broadcast(
-                (data.src_tokenizer.state(), data.tgt_tokenizer.state()) if data else None, self.world)
+            with distributed.patient_group(self.world) as group:
+                data = prepare_data(cfg.data, None, progress) if self.world.main else None
+                states = distributed.broadcast(
+                    (data.src_tokenizer.state(), data.tgt_tokenizer.state()) if data else None, self.world, group)
             if data is not None:
                 return data
             tokenizers = (tokenizer_from_state(states[0]), tokenizer_from_state(states[1]))
-        return prepare_data(cfg.data, cfg.train.seed, tokenizers)
+        return prepare_data(cfg.data, tokenizers, progress)
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The example indices of each batch of `epoch`: a pure function of (seed, epoch).
+    def _epoch_plan(self, epoch: int) -> EpochPlan:
+        """The batches of `epoch`, a pure function of (seed, epoch); kept while the epoch lasts."""
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, self.data.train.plan(self.cfg.train.batch_tokens, self.cfg.train.seed, epoch))
+        return self._plan[1]
 
-        With N processes the last few batches (fewer than N) are left out so that every process
-        gets the same number; the shuffle changes which ones from epoch to epoch.
-        """
-        batches = token_batches(self.train_lengths, self.cfg.train.batch_tokens,
-                                self.cfg.train.seed * 100003 + epoch, self.train_src_lengths)
-        return batches[: len(batches) - len(batches) % self.world.size]
+    def _batches_in(self, epoch: int) -> int:
+        """Batches of `epoch` trained on: with N processes the last few (fewer than N) are left out so that
+        every process gets the same number; the shuffle changes which ones from epoch to epoch."""
+        batches = len(self._epoch_plan(epoch))
+        return batches - batches % self.world.size
 
-    def _groups(self) -> list[list[list[int]]]:
+    def _groups(self) -> Iterator[list[np.ndarray]]:
         """The rest of this epoch's batches, `processes x accumulate` per update."""
-        rest = self._epoch_batches(self.progress.epoch)[self.progress.batch_in_epoch:]
-        rest = rest[: len(rest) - len(rest) % self.world.size]
-        size = self.world.size * self.cfg.train.accumulate
-        return [rest[i: i + size] for i in range(0, len(rest), size)]
+        plan, size = self._epoch_plan(self.progress.epoch), self.world.size * self.cfg.train.accumulate
+        start = self.progress.batch_in_epoch  # not a multiple of the processes after resuming with others
+        rest = self._batches_in(self.progress.epoch) - start
+        end = start + rest - rest % self.world.size
+        for first in range(start, end, size):
+            yield [plan.batch(k) for k in range(first, min(first + size, end))]
+
+    def _start_from(self) -> dict | None:
+        """train.init_from's checkpoint (fine-tuning: its weights and vocabulary), checked against the config."""
+        if not self.cfg.train.init_from:
+            return None
+        path = resolve_checkpoint(self.cfg.train.init_from)
+        data = read_checkpoint(path)
+        stored = _normalised(data["config"], str(path))["model"]
+        now = config_to_dict(self.cfg)["model"]
+        for key, value in now.items():
+            if key != "dropout" and stored[key] != value:
+                raise ConfigError(f"train.init_from: {path} holds a model with model.{key}={stored[key]!r}, this "
+                                  f"config has {value!r}; the model sections must match (only dropout may differ)")
+        return {**data, "path": path}
 
     # ----- resume
 
@@ -271,10 +309,10 @@ class Trainer:
         if not path.is_file():
             return None
         data = read_checkpoint(path)
-        stored = data["config"]
+        stored = _normalised(data["config"], str(path))
         now = config_to_dict(self.cfg)
         for section in ("data", "model"):
-            if stored.get(section) != now[section]:
+            if _content(stored[section]) != _content(now[section]):
                 raise ConfigError(f"{self.run_dir}: holds a run with a different {section} section; "
                                   "pass --restart to start it over, or set run_dir to a new folder")
         if not data.get("training"):
@@ -386,7 +424,7 @@ class Trainer:
     def total_steps(self) -> int:
         """Where training stops at the latest: max_steps or max_epochs x updates per epoch (0: unknown)."""
         per_update = self.world.size * self.cfg.train.accumulate
-        by_epochs = -(-self.batches_per_epoch // per_update) * self.cfg.train.max_epochs
+        by_epochs = -(-self.batches_per_epoch // per_update) * self.cfg.train.max_epochs  # from epoch 1
         limits = [s for s in (by_epochs, self.cfg.train.max_steps) if s]
         return min(limits) if limits else 0
 
@@ -420,7 +458,7 @@ class Trainer:
         reason = self._stop_reason()
         interval_loss, interval_tokens, interval_seconds = 0.0, 0, 0.0
         while reason is None:
-            if p.batch_in_epoch >= self.batches_per_epoch:  # this epoch is done
+            if p.batch_in_epoch >= self._batches_in(p.epoch):  # this epoch is done
                 if cfg.train.max_epochs and p.epoch >= cfg.train.max_epochs:
                     reason = "max_epochs"
                     break
@@ -445,7 +483,7 @@ class Trainer:
                 if reason:
                     break
             else:
-                p.batch_in_epoch = self.batches_per_epoch  # a remainder too small for every process
+                p.batch_in_epoch = self._batches_in(p.epoch)  # a remainder too small for every process
         saved = None
         if reason == "interrupted":
             if self.saved_at != p.step:
@@ -472,13 +510,13 @@ class Trainer:
         p.step += 1
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.schedule.lr(p.step)
-        tokens = sum(self.tgt_tokens[i] for batch in group for i in batch)
+        tokens = sum(self.data.train.target_tokens(batch) for batch in group)
         scale = self.world.size / tokens  # DDP averages gradients over the processes
-        mine = group[self.world.rank:: self.world.size]
+        mine = distributed.share(group, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for k, index in enumerate(mine):
-            batch = collate([self.data.train[i] for i in index], index).to(self.device)
+            batch = self.data.train.collate(index).to(self.device)
             no_sync = self.world.distributed and k < len(mine) - 1  # gradients are exchanged once per update
             with self.net.no_sync() if no_sync else contextlib.nullcontext():
                 with self.precision.autocast():
@@ -505,6 +543,19 @@ class Trainer:
         p.tokens += tokens
         p.train_seconds += seconds
         return loss_sum, tokens, seconds, stops > 0
+
+
+def _normalised(config: dict, source: str) -> dict:
+    """A stored config as this version reads it (defaults for keys it lacks)."""
+    try:
+        return config_to_dict(config_from_dict(config, f"{source} (stored config)"))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _content(section: dict) -> dict:
+    """A config section without the keys that say where things are kept rather than what they are."""
+    return {k: v for k, v in section.items() if k != "cache_dir"}
 
 
 def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False) -> EndEvent:

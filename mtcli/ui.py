@@ -16,10 +16,35 @@ from rich.text import Text
 
 from mtcli.analysis import AlignmentReport, Comparison
 from mtcli.metrics import Score
-from mtcli.training import Callback, EndEvent, StartEvent, StepEvent, ValidationEvent
+from mtcli.training import Callback, EndEvent, PrepareEvent, StartEvent, StepEvent, ValidationEvent
 
 if TYPE_CHECKING:
     from mtcli.visualize import RunCurves
+
+
+class PreparationProgress:
+    """A progress bar per preparation stage (vocabulary training, encoding each corpus); silent when piped."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.console.is_terminal:
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+                "{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=self.console, transient=True)
+            self.progress.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
+        self.progress.update(self.tasks[stage], completed=done, total=total or None)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 class TrainingDisplay(Callback):
@@ -30,8 +55,13 @@ class TrainingDisplay(Callback):
         self.progress: Progress | None = None
         self.task = None
         self.validations: list[ValidationEvent] = []
+        self.preparation = PreparationProgress(console)
+
+    def on_prepare(self, e: PrepareEvent) -> None:
+        self.preparation(e.stage, e.done, e.total)
 
     def on_start(self, e: StartEvent) -> None:
+        self.preparation.close()
         c, m = e.config, e.config.model
         what = f"resuming at step {e.resumed_step}" if e.resumed_step else "training"
         self.console.print(f"[bold]{c.name}[/]: {what}: [bold]{m.backend}[/] backend, "

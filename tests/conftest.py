@@ -15,6 +15,14 @@ BACKENDS = ["seq2seq", "attention", "transformer"]
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def prepared_data_cache(tmp_path_factory) -> Path:
+    """One cache of prepared data for the whole session (and its subprocesses), never the user's."""
+    path = tmp_path_factory.mktemp("prepared")
+    os.environ["MTCLI_CACHE"] = str(path)
+    return path
+
+
 def tiny_dict(backend: str = "transformer", run_dir: Path | str = "", **sections: dict) -> dict:
     """A config for the toy pair, shrunk: ~300 short pairs, width 32, a few dozen steps."""
     data = {"name": f"tiny-{backend}", "run_dir": str(run_dir),

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from mtcli.config import DataConfig, ToyConfig
@@ -48,9 +50,12 @@ def test_prepare_filters_empty_and_long_pairs_and_reports_counts(tmp_path):
     tgt = "w x\ny\nz z z\n\n"
     files(tmp_path, train_de=src, train_en=tgt, val_de="a b\n", val_en="w x\n")
     cfg = DataConfig(dir=str(tmp_path), src_lang="de", tgt_lang="en", max_len=4)
-    data = prepare_data(cfg, seed=1)
+    data = prepare_data(cfg)
     assert len(data.train) == 1  # "a b" kept; 2 with an empty side, 1 too long
     assert any("dropped 2 with an empty side and 1 longer than data.max_len=4" in n for n in data.notes)
+    batch = data.train.collate(data.train.plan(100, seed=1, epoch=1).batch(0))
+    assert batch.src.tolist() == [data.src_tokenizer.encode("a b") + [EOS]]
+    assert batch.tgt_in.tolist() == [[2] + data.tgt_tokenizer.encode("w x")]
 
 
 def test_whitespace_tokenizer_roundtrip_and_unknown_words():
@@ -73,20 +78,45 @@ def test_sentencepiece_trains_detokenizes_and_travels_as_bytes():
 
 def test_joint_and_separate_vocabularies(tmp_path):
     files(tmp_path, train_de="hallo welt\n" * 20, train_en="hello world\n" * 20, val_de="hallo\n", val_en="hello\n")
-    joint = prepare_data(DataConfig(dir=str(tmp_path), src_lang="de", tgt_lang="en"), 1)
+    joint = prepare_data(DataConfig(dir=str(tmp_path), src_lang="de", tgt_lang="en"))
     assert joint.src_tokenizer is joint.tgt_tokenizer
-    separate = prepare_data(DataConfig(dir=str(tmp_path), src_lang="de", tgt_lang="en", joint_vocab=False), 1)
+    separate = prepare_data(DataConfig(dir=str(tmp_path), src_lang="de", tgt_lang="en", joint_vocab=False))
     assert "hello" not in separate.src_tokenizer.vocab and "hello" in separate.tgt_tokenizer.vocab
 
 
 def test_token_batches_cover_everything_once_within_budget():
     lengths = [(i * 7) % 23 + 1 for i in range(500)]
+    plain = lambda batches: [b.tolist() for b in batches]  # noqa: E731
     for seed in (None, 1, 2):
         batches = token_batches(lengths, batch_tokens=100, seed=seed)
-        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert sorted(i for b in plain(batches) for i in b) == list(range(500))
         assert all(max(lengths[i] for i in b) * len(b) <= 100 for b in batches)
-    assert token_batches(lengths, 100, seed=1) == token_batches(lengths, 100, seed=1)
-    assert token_batches(lengths, 100, seed=1) != token_batches(lengths, 100, seed=2)
+    assert plain(token_batches(lengths, 100, seed=1)) == plain(token_batches(lengths, 100, seed=1))
+    assert plain(token_batches(lengths, 100, seed=1)) != plain(token_batches(lengths, 100, seed=2))
+
+
+def greedy_reference(lengths, order, budget):
+    """The batching rule as a plain loop: a pair closes the batch when length x (sentences + 1) > budget."""
+    batches, current = [], []
+    for i in order:
+        if current and lengths[i] * (len(current) + 1) > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def test_planner_cuts_exactly_like_the_greedy_rule_and_sorts_by_length_then_source_length():
+    rng = random.Random(0)
+    for _ in range(100):
+        n = rng.randint(0, 200)
+        lengths = [rng.randint(1, 40) for _ in range(n)]
+        src = [rng.randint(1, length) for length in lengths]
+        budget = rng.randint(1, 300)
+        batches = [b.tolist() for b in token_batches(lengths, budget, None, src)]
+        order = [i for b in batches for i in b]
+        assert [(lengths[i], src[i]) for i in order] == sorted(zip(lengths, src))
+        assert batches == greedy_reference(lengths, order, budget)
 
 
 def test_bucketing_keeps_padding_small():

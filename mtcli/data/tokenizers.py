@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import collections
 import io
+import os
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
 
 import sentencepiece as spm
 
-from mtcli.errors import CheckpointError
+from mtcli.errors import CheckpointError, DataError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
@@ -23,6 +26,8 @@ class Tokenizer(Protocol):
     vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
@@ -49,6 +54,9 @@ class WhitespaceTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self.index.get(word, UNK) for word in text.split()]
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.vocab[i] for i in ids]
 
@@ -69,20 +77,30 @@ class SentencePieceTokenizer:
         assert [self.sp.id_to_piece(i) for i in range(len(SPECIALS))] == SPECIALS
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str, seed: int = 1) -> SentencePieceTokenizer:
+    def train(cls, texts: Iterable[str] | None, vocab_size: int, model_type: str, seed: int = 1,
+              files: list[Path] = (), sample: int = 0) -> SentencePieceTokenizer:
+        """Train on `files` (sentencepiece reads them itself) or on the `texts` stream; at most `sample`
+        sentences (0: all), drawn by sentencepiece's seeded reservoir sampling, on every core."""
         buffer = io.BytesIO()
         spm.set_random_generator_seed(seed)  # input sampling is seeded: the same data gives the same model
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
-            hard_vocab_limit=False, character_coverage=1.0, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
-            pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
-            num_threads=2, input_sentence_size=2_000_000, shuffle_input_sentence=True,
-            minloglevel=2,
-        )
+        source = {"input": [str(f) for f in files]} if files else {"sentence_iterator": iter(texts)}
+        try:
+            spm.SentencePieceTrainer.train(
+                **source, model_writer=buffer, vocab_size=vocab_size, model_type=model_type,
+                hard_vocab_limit=False, character_coverage=1.0, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+                pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
+                num_threads=len(os.sched_getaffinity(0)), input_sentence_size=sample,
+                shuffle_input_sentence=True, minloglevel=2,
+            )
+        except RuntimeError as exc:
+            raise DataError(_training_error(str(exc), vocab_size)) from None
         return cls(buffer.getvalue())
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int, num_threads=len(os.sched_getaffinity(0)))
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
@@ -92,6 +110,15 @@ class SentencePieceTokenizer:
 
     def state(self) -> dict:
         return {"kind": "sentencepiece", "model": self.model}
+
+
+def _training_error(message: str, vocab_size: int) -> str:
+    """sentencepiece's refusal as one line with the remedy (its messages start with a source location)."""
+    need = re.search(r"(\d+) vs (\d+)", message)
+    if "smaller than required_chars" in message and need:
+        return (f"data.vocab_size: {vocab_size} is too small for sentencepiece on this corpus: it needs at least "
+                f"{need.group(2)} (every character of the text and the special tokens); raise data.vocab_size")
+    return "sentencepiece could not be trained: " + message.strip().splitlines()[-1].split(") ", 1)[-1]
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
