@@ -95,14 +95,14 @@ def encode(text: ParallelText, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenize
                                                 tgt_tokenizer.encode_batch(text.tgt))]
 
 
-def _check_kept(cfg: DataConfig, corpus: PreparedCorpus) -> None:
+def _check_kept(cfg: DataConfig, corpus: PreparedCorpus, label: str) -> None:
     meta = corpus.meta
     if meta["pairs"]:
         return
     if meta["dropped_long"]:
-        raise DataError(f"{meta['label']}: all {meta['dropped_long']} pairs are longer than data.max_len="
+        raise DataError(f"{label}: all {meta['dropped_long']} pairs are longer than data.max_len="
                         f"{cfg.max_len} tokens on one side; raise data.max_len")
-    raise DataError(f"{meta['label']}: no sentence pairs left after dropping empty lines")
+    raise DataError(f"{label}: no sentence pairs left after dropping empty lines")
 
 
 def prepare_train(cfg: DataConfig, tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
@@ -122,10 +122,10 @@ def prepare_train(cfg: DataConfig, tokenizers: tuple[Tokenizer, Tokenizer] | Non
     corpora = []
     for source in sources:
         corpus, hit = prepare_corpus(cfg, source, src_tok, tgt_tok, progress)
-        _check_kept(cfg, corpus)
+        _check_kept(cfg, corpus, source.label)
         m = corpus.meta
         weight = f", weight {source.corpus.weight:g}" if len(sources) > 1 else ""
-        notes.append(f"train: {m['label']}: {m['pairs']} pairs kept{weight}; dropped {m['dropped_empty']} with an "
+        notes.append(f"train: {source.label}: {m['pairs']} pairs kept{weight}; dropped {m['dropped_empty']} with an "
                      f"empty side and {m['dropped_long']} longer than data.max_len={cfg.max_len} tokens "
                      f"({'prepared before' if hit else 'prepared now'}: {corpus.folder})")
         corpora.append(corpus)
