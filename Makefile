@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO ?= toy-attention
 
-.PHONY: install quickstart demo test lint clean toy-length bench
+.PHONY: install quickstart demo test lint clean toy-length bench bench-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ toy-length:
 # speed, memory and MFU of training and decoding, as RESULT lines (benchmarks/bench.py; ~30 min on 2 cores)
 bench:
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# the data path at scale: start-up time, memory, preparation speed on synthetic corpora of 0.3M-10M pairs
+# (benchmarks/data_scale.py; ~40 min and ~4 GB of disk under /tmp on 2 cores)
+bench-data:
+	$(BIN)/python benchmarks/data_scale.py $(BENCH_ARGS)
 
 test:
 	$(BIN)/python -m pytest

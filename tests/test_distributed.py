@@ -50,13 +50,18 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_two_processes_train_the_same_model_as_one_process_accumulating_two_batches(tmp_path, write_yaml):
-    config = write_yaml(tiny_dict("transformer", tmp_path / "ddp", **SETTINGS))
+    config = write_yaml(tiny_dict("transformer", tmp_path / "ddp", data={"cache_dir": str(tmp_path / "cache")},
+                                  **SETTINGS))
     out = subprocess.run(torchrun(config), capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "ddp"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     starts = [r for r in records if r["event"] == "start"]
     assert len(starts) == 1 and "2 processes" in starts[0]["device"]  # only rank 0 logs
+    # the data was prepared once, by rank 0, and both processes mapped that one copy
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [
+        "corpus", "vocabulary"]
+    assert sum("trained now" in n or "prepared now" in n for n in starts[0]["notes"]) == 2
     assert [r["step"] for r in records if r["event"] == "validation"] == [15, 30]
     assert out.stdout.count("finished (max steps) at step 30") == 1  # and only rank 0 talks
     ddp, one = read_checkpoint(run / LATEST), one_process_reference(tmp_path, 30)

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from mtcli.cli import app
 from mtcli.config import CorpusConfig, DataConfig
 from mtcli.data import prepared
 from mtcli.data.batching import LengthRuns, plan_epoch
-from mtcli.data.dataset import prepare_data, prepare_train
+from mtcli.data.dataset import prepare_data
 from mtcli.data.tokenizers import EOS
 from mtcli.errors import ConfigError, DataError
 from mtcli.training import Trainer, train

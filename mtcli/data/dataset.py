@@ -30,7 +30,8 @@ class TrainSet:
 
     def plan(self, batch_tokens: int, seed: int, epoch: int) -> EpochPlan:
         """This epoch's batches: a pure function of (seed, epoch), so a resumed run continues exactly."""
-        runs = [LengthRuns(c.order, c.groups, int(base), w) for c, base, w in zip(self.corpora, self.bases, self.weights)]
+        runs = [LengthRuns(corpus.order, corpus.groups, int(base), weight)
+                for corpus, base, weight in zip(self.corpora, self.bases, self.weights)]
         return plan_epoch(runs, batch_tokens, seed, epoch)
 
     def _parts(self, ids: np.ndarray) -> list[tuple[PreparedCorpus, np.ndarray, np.ndarray]]:

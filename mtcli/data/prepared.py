@@ -25,8 +25,7 @@ import numpy as np
 
 from mtcli.config import DataConfig
 from mtcli.data.corpus import CorpusSource
-from mtcli.data.tokenizers import (SPECIALS, SentencePieceTokenizer, Tokenizer, WhitespaceTokenizer,
-                                   tokenizer_from_state)
+from mtcli.data.tokenizers import SPECIALS, SentencePieceTokenizer, Tokenizer, WhitespaceTokenizer, tokenizer_from_state
 from mtcli.errors import DataError
 
 FORMAT = "mtcli-prepared-1"  # change when the layout or the encoding rules change: old entries are then missed
