@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from mtcli.config import DataConfig
 from mtcli.data.corpus import CorpusSource
-from mtcli.data.tokenizers import SPECIALS, SentencePieceTokenizer, Tokenizer, WhitespaceTokenizer, tokenizer_from_state
+from mtcli.data.tokenizers import SentencePieceTokenizer, Tokenizer, WhitespaceTokenizer, tokenizer_from_state
 from mtcli.errors import DataError
 
 FORMAT = "mtcli-prepared-1"  # change when the layout or the encoding rules change: old entries are then missed
@@ -162,9 +161,7 @@ def _sentences(sources: list[CorpusSource], sides: tuple[int, ...]) -> Iterator[
 
 def _train_tokenizer(cfg: DataConfig, sources: list[CorpusSource], sides: tuple[int, ...]) -> Tokenizer:
     if cfg.tokenizer == "whitespace":
-        counts = Counter(word for line in _sentences(sources, sides) for word in line.split())
-        words = sorted(counts, key=lambda w: (-counts[w], w))[: max(0, cfg.vocab_size - len(SPECIALS))]
-        return WhitespaceTokenizer(SPECIALS + words)
+        return WhitespaceTokenizer.train(_sentences(sources, sides), cfg.vocab_size)
     plain = all(source.plain_files() for source in sources)
     files = [source.files[side] for source in sources for side in sides] if plain else []
     return SentencePieceTokenizer.train(None if plain else _sentences(sources, sides), cfg.vocab_size,
