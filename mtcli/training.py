@@ -1,6 +1,7 @@
 """The training loop: batches -> loss -> updates, validation with sacreBLEU, checkpoints, early stopping.
 
 It reports only through callbacks (events below) and never imports Rich; the CLI decides what to show.
+One `train` per run folder at a time (a lock); a diverged model is never saved (see `Trainer.diverged`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from mtcli.config import ExperimentConfig, TrainConfig, config_to_dict, dump_con
 from mtcli.data.batching import Batch, collate, iterate_batches, pair_length, token_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
-from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError
+from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError, WriteError
+from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
 from mtcli.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
@@ -163,6 +166,22 @@ def better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
+# Training has diverged when the loss per target token is not finite or above this many nats. A uniform
+# guess over the vocabulary costs ln(V) nats (about 9 for 8,000 pieces) and a model that learns goes below
+# that; 100 nats means probabilities of e^-100 on the right tokens, weights that have blown up.
+DIVERGED_LOSS = 100.0
+
+
+def divergence(loss: float, grad_norm: float | None = None) -> str | None:
+    """Why these figures mean a diverged model ('the loss is nan'), or None while training is sound."""
+    if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+        return f"the loss per target token is {loss:.4g}" + ("" if not math.isfinite(loss) else
+                                                          f" (above {DIVERGED_LOSS:g})")
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        return f"the gradient norm is {grad_norm}"
+    return None
+
+
 
 
 # ---------------------------------------------------------------- the loop
@@ -227,6 +246,7 @@ class Trainer:
         self.schedule = Schedule(cfg.train)
         self.progress = Progress()
         self.saved_at = -1  # the step of the last checkpoint written or restored
+        self.notes: list[str] = []  # shown at the start beside the data's notes
         if resume is not None:
             self._restore(resume)
 
@@ -308,9 +328,11 @@ class Trainer:
     def _save(self, value: float | None, improved: bool) -> Path | None:
         """Write checkpoints/step-N.pt (weights and the whole training state), move the pointers, prune.
 
-        Collective: every process hands over its random state; rank 0 writes. A failed write (disk full)
-        stops training with the previous checkpoints untouched.
+        Collective: every process hands over its random state; rank 0 writes. A failed write (disk full,
+        read-only) stops training with the previous checkpoints untouched; non-finite weights are never written.
         """
+        if not all(bool(torch.isfinite(param).all()) for param in self.model.parameters()):
+            raise self._diverged("the weights are not finite")
         rng = distributed.gather(self._rng_state(), self.world)
         self.saved_at = self.progress.step
         if not self.world.main:
@@ -334,12 +356,24 @@ class Trainer:
             ckpt.point(self.run_dir, LATEST, file)
             if improved:
                 ckpt.point(self.run_dir, BEST, file)
-        except OSError as exc:
+        except WriteError as exc:
             previous = pointed(self.run_dir, LATEST)
             kept = f"the previous checkpoint {self.run_dir / previous} is intact" if previous else "nothing saved"
-            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
+            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.cause}); {kept}") from None
         ckpt.prune(self.run_dir, p.checkpoints)
         return path
+
+    def _diverged(self, why: str) -> TrainingError:
+        """The one-line stop for a diverged run: what went wrong, and the checkpoint to resume from."""
+        previous = pointed(self.run_dir, LATEST) if self.world.main else None
+        again = "a lower train.lr (--set train.lr=...), a longer train.warmup_steps or train.clip_grad_norm"
+        if previous:
+            then = (f"the last sound checkpoint {self.run_dir / previous} is kept: run the same command "
+                    f"to resume from it, with {again}")
+        else:
+            then = f"no checkpoint was written yet: start again with {again}"
+        return TrainingError(f"training diverged at step {self.progress.step}: {why}; the diverged weights are "
+                             f"not saved; {then}")
 
     # ----- events
 
@@ -367,7 +401,9 @@ class Trainer:
         """Validate (rank 0), agree on the result, checkpoint, report. Called by every process."""
         start, p, metric = time.perf_counter(), self.progress, self.cfg.train.best_metric
         scores = self._dev_scores() if self.world.main else None
-        value = distributed.broadcast(scores[2] if scores else None, self.world)
+        value, why = distributed.broadcast((scores[2], divergence(scores[0])) if scores else None, self.world)
+        if why:
+            raise self._diverged(f"on the dev set {why}")
         improved = better(metric, value, p.best_value)
         if improved:
             p.best_value, p.best_step, p.bad_validations = value, p.step, 0
@@ -411,12 +447,12 @@ class Trainer:
     def run(self) -> EndEvent:
         cfg, p = self.cfg, self.progress
         if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial_files(self.run_dir)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         total = self.total_steps()
         self.emit("on_start", StartEvent(self.run_dir, cfg, self.model.parameter_count(), len(self.data.train),
-                                         len(self.data.dev), total, self._device_text(), self.data.notes, p.step))
+                                         len(self.data.dev), total, self._device_text(), self.data.notes + self.notes,
+                                         p.step))
         reason = self._stop_reason()
         interval_loss, interval_tokens, interval_seconds = 0.0, 0, 0.0
         while reason is None:
@@ -485,33 +521,47 @@ class Trainer:
                     loss = batch_loss(self.model, batch, cfg.label_smoothing, self.net)
                 self.precision.scaler.scale(loss * scale).backward()
             loss_sum += loss.item()
-        scaler = self.precision.scaler
-        if cfg.clip_grad_norm:
+        scaler, grad_norm = self.precision.scaler, None
+        if cfg.clip_grad_norm or not scaler.is_enabled():  # the norm clips, and tells a diverged run
             scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm or math.inf))
+        if scaler.is_enabled():
+            grad_norm = None  # fp16: the scaler skips the updates whose gradients overflowed, by design
         scaler.step(self.optimizer)
         scaler.update()
         seconds = time.perf_counter() - start
         # one small exchange per update: the loss, stop requests, and rank 0's clock (which decides max_minutes)
         loss_sum, stops, seconds = distributed.all_sum(
             [loss_sum, float(self.signals.received is not None), seconds if self.world.main else 0.0], self.world)
-        if not math.isfinite(loss_sum):
-            previous = pointed(self.run_dir, LATEST) if self.world.main else None
-            kept = f"the last good checkpoint is {self.run_dir / previous}" if previous else "nothing was saved"
-            raise TrainingError(f"training diverged: the loss is {loss_sum} at step {p.step}; stopped without "
-                                f"saving it ({kept}); try a lower train.lr, a longer train.warmup_steps or "
-                                "train.clip_grad_norm")
+        why = divergence(loss_sum / tokens, grad_norm)  # the same figures on every process
+        if why:
+            raise self._diverged(why)
         p.batch_in_epoch += len(group)
         p.tokens += tokens
         p.train_seconds += seconds
         return loss_sum, tokens, seconds, stops > 0
 
 
-def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False) -> EndEvent:
-    """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint."""
-    with StopSignals() as signals:
+RUN_LOCK_HINT = "wait for it to end, stop it, or train into another folder (--set run_dir=...)"
+
+
+def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False,
+          on_signal: Callable[[str], None] | None = None) -> EndEvent:
+    """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint.
+
+    `on_signal(name)` is called as soon as such a signal arrives (to acknowledge it; the stop may wait for
+    the update or validation under way). Rank 0 holds the run folder's lock throughout: a second `train`
+    on the same folder is refused (FolderInUse); the lock of a killed run is taken over, with a note.
+    """
+    main = distributed.world_from_env().main
+    lock = folder_lock(cfg.run_path, "mtcli train", hint=RUN_LOCK_HINT) if main else contextlib.nullcontext()
+    with StopSignals(on_signal) as signals, lock as stale:
         try:
-            end = Trainer(cfg, list(callbacks), restart, signals).run()
+            trainer = Trainer(cfg, list(callbacks), restart, signals)
+            if stale:
+                trainer.notes.append(f"took over the run folder from {describe_holder(stale)}, which ended "
+                                     "without releasing it")
+            end = trainer.run()
         except BaseException:
             distributed.stop(clean=False)
             raise
