@@ -20,7 +20,7 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from mtcli.errors import MtcliError
+from mtcli.errors import MtcliError, ReportedElsewhere
 from mtcli.files import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
@@ -151,6 +151,8 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ReportedElsewhere:
+            raise typer.Exit(1) from None
         except MtcliError as exc:
             message = str(exc)
         except OSError as exc:  # a file operation without its own message: still one line, naming the file

@@ -41,3 +41,7 @@ class FolderInUse(MtcliError):
     def __init__(self, folder: Path, holder: dict[str, Any], message: str):
         super().__init__(message)
         self.folder, self.holder = folder, holder
+
+
+class ReportedElsewhere(MtcliError):
+    """Under torchrun: rank 0 has said what went wrong; this process only stops, with exit code 1."""

@@ -25,7 +25,15 @@ from mtcli.config import ExperimentConfig, TrainConfig, config_to_dict, dump_con
 from mtcli.data.batching import Batch, collate, iterate_batches, pair_length, token_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
-from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError, WriteError
+from mtcli.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MtcliError,
+    ReportedElsewhere,
+    TrainingError,
+    WriteError,
+)
 from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
 from mtcli.loss import output_loss
@@ -166,6 +174,9 @@ def better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
+# What a second `train` on a run folder in use is told to do
+RUN_LOCK_HINT = "wait for it to end, stop it, or train into another folder (--set run_dir=...)"
+
 # Training has diverged when the loss per target token is not finite or above this many nats. A uniform
 # guess over the vocabulary costs ln(V) nats (about 9 for 8,000 pieces) and a model that learns goes below
 # that; 100 nats means probabilities of e^-100 on the right tokens, weights that have blown up.
@@ -209,8 +220,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: ExperimentConfig, callbacks: list[Callback], restart: bool = False,
-                 signals: StopSignals | None = None):
+                 signals: StopSignals | None = None, held: contextlib.ExitStack | None = None):
         self.cfg, self.callbacks = cfg, callbacks
+        self.notes: list[str] = []  # shown at the start beside the data's notes
         self.signals = signals or StopSignals()
         self.run_dir = cfg.run_path
         self.world = distributed.world_from_env()
@@ -221,6 +233,8 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         distributed.start(self.world, self.device)
+        if held is not None:
+            self._hold_run_folder(held)
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         resume = None if restart else self._resumable()
@@ -246,7 +260,6 @@ class Trainer:
         self.schedule = Schedule(cfg.train)
         self.progress = Progress()
         self.saved_at = -1  # the step of the last checkpoint written or restored
-        self.notes: list[str] = []  # shown at the start beside the data's notes
         if resume is not None:
             self._restore(resume)
 
@@ -283,6 +296,24 @@ class Trainer:
         rest = rest[: len(rest) - len(rest) % self.world.size]
         size = self.world.size * self.cfg.train.accumulate
         return [rest[i: i + size] for i in range(0, len(rest), size)]
+
+    # ----- the run folder
+
+    def _hold_run_folder(self, held: contextlib.ExitStack) -> None:
+        """Rank 0 locks the run folder until `held` closes (one `train` per folder); every process learns
+        whether it could, so that under torchrun none is left waiting for a rank 0 that has stopped."""
+        failure = None
+        if self.world.main:
+            try:
+                stale = held.enter_context(folder_lock(self.run_dir, "mtcli train", hint=RUN_LOCK_HINT))
+            except MtcliError as exc:
+                failure = exc
+            else:
+                if stale:
+                    self.notes.append(f"took over the run folder from {describe_holder(stale)}, which ended "
+                                      "without releasing it")
+        if distributed.broadcast(failure is not None, self.world):
+            raise failure or ReportedElsewhere("rank 0 could not take the run folder")
 
     # ----- resume
 
@@ -542,9 +573,6 @@ class Trainer:
         return loss_sum, tokens, seconds, stops > 0
 
 
-RUN_LOCK_HINT = "wait for it to end, stop it, or train into another folder (--set run_dir=...)"
-
-
 def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False,
           on_signal: Callable[[str], None] | None = None) -> EndEvent:
     """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint.
@@ -553,15 +581,9 @@ def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool =
     the update or validation under way). Rank 0 holds the run folder's lock throughout: a second `train`
     on the same folder is refused (FolderInUse); the lock of a killed run is taken over, with a note.
     """
-    main = distributed.world_from_env().main
-    lock = folder_lock(cfg.run_path, "mtcli train", hint=RUN_LOCK_HINT) if main else contextlib.nullcontext()
-    with StopSignals(on_signal) as signals, lock as stale:
+    with StopSignals(on_signal) as signals, contextlib.ExitStack() as held:
         try:
-            trainer = Trainer(cfg, list(callbacks), restart, signals)
-            if stale:
-                trainer.notes.append(f"took over the run folder from {describe_holder(stale)}, which ended "
-                                     "without releasing it")
-            end = trainer.run()
+            end = Trainer(cfg, list(callbacks), restart, signals, held).run()
         except BaseException:
             distributed.stop(clean=False)
             raise
