@@ -175,24 +175,30 @@ def _color(weight: float) -> str:
     return f"rgb({r},{g},{bl})"
 
 
-def _cell(weight: float) -> Text:
-    """Two characters per attention weight: a denser block and a brighter colour for more weight."""
+def _cell(weight: float, width: int = 2) -> Text:
+    """`width` characters per attention weight: a denser block and a brighter colour for more weight."""
     shade = SHADES[round(min(max(weight, 0.0), 1.0) * (len(SHADES) - 1))]  # nearest of 0, .25, .5, .75, 1
-    return Text(shade * 2, style=Style(color=_color(weight), bgcolor=_color(0.0)))
+    return Text(shade * width, style=Style(color=_color(weight), bgcolor=_color(0.0)))
 
 
-def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Group:
-    """Source tokens across (written top-down), output tokens down; one cell per attention weight."""
-    assert weights.shape == (len(tgt_tokens), len(src_tokens)), (weights.shape, len(tgt_tokens), len(src_tokens))
+def _heatmap_table(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, width: int) -> Table:
     table = Table(box=None, padding=(0, 0), show_edge=False)
     table.add_column("", justify="right", no_wrap=True)
     for token in src_tokens:
-        table.add_column("\n".join(token[:12]), width=2, justify="center", vertical="bottom", no_wrap=True)
+        table.add_column("\n".join(token[:12]), width=width, justify="center", vertical="bottom", no_wrap=True)
     for token, row in zip(tgt_tokens, weights.tolist()):
-        table.add_row(Text(token + " ", style="bold"), *[_cell(w) for w in row])
+        table.add_row(Text(token + " ", style="bold"), *[_cell(w, width) for w in row])
+    return table
+
+
+def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Group:
+    """Source tokens across (written top-down), output tokens down; one cell per attention weight, two
+    characters wide, or one where a long sentence would not fit the terminal that way."""
+    assert weights.shape == (len(tgt_tokens), len(src_tokens)), (weights.shape, len(tgt_tokens), len(src_tokens))
+    tables = [_heatmap_table(src_tokens, tgt_tokens, weights, width) for width in (2, 1)]
     legend = Text.assemble("weight ", *[(f" {SHADES[i] * 2} {i / (len(SHADES) - 1):.2g}", Style(
         color=_color(i / (len(SHADES) - 1)), bgcolor=_color(0.0))) for i in range(len(SHADES))])
-    return Group(Text(title, style="bold"), table, legend)
+    return Group(Text(title, style="bold"), Fit(*tables), legend)
 
 
 def alignment_line(report: AlignmentReport) -> str:

@@ -136,3 +136,21 @@ def test_help_reads_in_words_and_version():
     result = invoke("--version")
     assert result.exit_code == 0 and re.fullmatch(r"mtcli \S+ \(torch \S+, sacrebleu \S+, Python \S+\)\n",
                                                   result.output), result.output
+
+
+@pytest.mark.parametrize("width, cell", [(80, 1), (120, 2)])
+def test_a_long_sentence_heatmap_fits_with_narrower_cells(width, cell):
+    import torch
+
+    from mtcli.ui import attention_heatmap
+
+    src = [f"w{i}" for i in range(40)] + ["</s>"]
+    weights = torch.eye(3, len(src))  # output token i attends to source token i
+    lines = render(attention_heatmap(src, ["a", "b", "</s>"], weights, "toy: additive attention"), width)
+    fits(lines, width)
+    rows = [line for line in lines if line[:5].strip() in ("a", "b", "</s>")]  # labels right-aligned in 5
+    assert len(rows) == 3
+    for i, row in enumerate(rows):  # every source column is there, `cell` characters wide
+        cells = row[5:]
+        assert len(cells) == len(src) * cell, row
+        assert cells[i * cell:(i + 1) * cell] == "█" * cell and cells.count("█") == cell
