@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO ?= toy-attention
 
-.PHONY: install quickstart demo test lint clean toy-length bench
+.PHONY: install quickstart demo test lint clean toy-length bench readme-tables
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ toy-length:
 # speed, memory and MFU of training and decoding, as RESULT lines (benchmarks/bench.py; ~30 min on 2 cores)
 bench:
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# the README's toy tables and figures, from the commands they cite (docs/readme_tables.py; ~10 min on 2 cores):
+# trains the five toy runs under runs/readme/, writes docs/readme-results.json, rewrites the README's tables
+readme-tables:
+	$(BIN)/python docs/readme_tables.py run $(README_ARGS)
+	$(BIN)/python docs/readme_tables.py render
 
 test:
 	$(BIN)/python -m pytest
