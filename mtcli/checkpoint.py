@@ -188,10 +188,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
     except Exception as exc:  # truncated or foreign files fail in many ways inside torch.load
-        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         if path.stat().st_size == 0:
-            detail = "an empty file"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
+            raise CheckpointError(f"{path}: not a readable checkpoint (an empty file)") from None
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint: damaged, or not a file torch.save wrote "
+                              f"({detail})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mtcli checkpoint")
     return data

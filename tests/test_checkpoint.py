@@ -99,7 +99,8 @@ def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"weights": torch.zeros(1000)}, good)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint \(PytorchStreamReader failed "):
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint: damaged, or not a file torch.save "
+                                              r"wrote \(PytorchStreamReader failed "):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an mtcli checkpoint"):
