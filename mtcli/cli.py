@@ -472,6 +472,7 @@ def data_fetch(
     if dataset.lower() != "multi30k":
         raise MtcliError(f"{dataset}: unknown corpus (known: multi30k)")
     chosen = tuple(lang.strip() for lang in langs.split(",") if lang.strip())
+    check_output_folder(dest)  # before any download
     files = fetch_multi30k(dest, chosen, source, url or MULTI30K_URL, cache,
                            report=lambda line: stdout.print(line, soft_wrap=True))
     stdout.print(f"{len(files)} files in {dest}, all checksums ok", soft_wrap=True)

@@ -363,3 +363,27 @@ def test_atomic_save_of_torch_reports_the_disk_and_keeps_the_old_file(tmp_path, 
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_fetched_data_on_a_full_disk_is_one_line_and_keeps_what_is_there(tmp_path, monkeypatch):
+    from mtcli.data.fetch import fetch_multi30k
+    from tests.test_fetch import tiny_corpus
+
+    checksums = tiny_corpus(tmp_path / "from")
+    dest = tmp_path / "dest"
+    fetch_multi30k(dest, ("de", "en"), tmp_path / "from", checksums=checksums)
+    (dest / "val.en").write_text("an older copy\n")  # a wrong checksum: fetched again
+    FullDisk(monkeypatch, room=10, only="val.en")
+    with pytest.raises(WriteError, match=rf"dest/val.en: cannot write \({ENOSPC}\)$"):
+        fetch_multi30k(dest, ("de", "en"), tmp_path / "from", checksums=checksums)
+    assert (dest / "val.en").read_text() == "an older copy\n" and not list(dest.glob(".*.tmp"))
+
+
+def test_data_fetch_checks_its_folder_before_fetching(tmp_path, monkeypatch):
+    monkeypatch.setattr("mtcli.data.fetch.fetch_multi30k", lambda *a, **k: pytest.fail("the fetch started"))
+    (tmp_path / "file").write_text("x")
+    one_line_error(invoke("data", "fetch", "multi30k", tmp_path / "file", "--from", tmp_path),
+                   f"{tmp_path / 'file'}: cannot write (it is a file, not a folder)")
+    read_only(monkeypatch, tmp_path / "ro")
+    one_line_error(invoke("data", "fetch", "multi30k", tmp_path / "ro", "--from", tmp_path),
+                   f"{tmp_path / 'ro'}: cannot write (Read-only file system)")
