@@ -24,7 +24,7 @@ from mtcli.errors import FolderInUse, WriteError
 
 try:
     import fcntl
-except ImportError:  # not on Windows: there a folder lock is not taken
+except ImportError:  # Windows has no fcntl: there no folder lock is taken
     fcntl = None
 
 _UMASK = os.umask(0)
