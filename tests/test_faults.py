@@ -113,24 +113,24 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 
 def test_torch_writer_on_a_full_disk_stops_training_with_one_line(tmp_path, monkeypatch, write_yaml):
     """torch.save reports ENOSPC as a RuntimeError ("unexpected pos ..."): still one line, nothing lost."""
-    config = write_yaml(tiny_dict("seq2seq", tmp_path / "run", train={"max_steps": 20, "validate_every": 10}))
+    config = write_yaml(tiny_dict("seq2seq", tmp_path / "run", train={"max_steps": 10, "validate_every": 5}))
 
     from mtcli import training
     real_save, state = training.Trainer._save, {}
 
     def save(self, value, improved):  # the disk fills after the first checkpoint
-        if self.progress.step == 20 and not state:
-            state["full"] = FullDisk(monkeypatch, room=5000, only="step-00000020")
+        if self.progress.step == 10 and not state:
+            state["full"] = FullDisk(monkeypatch, room=5000, only="step-00000010")
         return real_save(self, value, improved)
 
     monkeypatch.setattr(training.Trainer, "_save", save)
     result = invoke("train", config)
-    one_line_error(result, "step-00000020.pt: could not write the checkpoint (No space left on device); the "
+    one_line_error(result, "step-00000010.pt: could not write the checkpoint (No space left on device); the "
                            "previous checkpoint ")
-    assert "step-00000010.pt is intact" in result.stderr
+    assert "step-00000005.pt is intact" in result.stderr
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "run" / LATEST).meta["step"] == 10  # loads: nothing damaged
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000010.pt"]
+    assert load_checkpoint(tmp_path / "run" / LATEST).meta["step"] == 5  # loads: nothing damaged
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000005.pt"]
 
 
 def test_a_full_disk_while_logging_leaves_whole_lines(tmp_path, monkeypatch, write_yaml):
@@ -236,7 +236,8 @@ def test_a_second_train_on_a_folder_in_use_is_refused(tmp_path, write_yaml):
     one_line_error(result, f"{tmp_path / 'run'}: in use by mtcli train (process {os.getpid()} on ")
     assert "wait for it to end, stop it, or train into another folder (--set run_dir=...)" in result.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # nothing written by the refused run
-    assert invoke("train", config).exit_code == 0  # the lock went with its holder
+    with files.folder_lock(tmp_path / "run", "mtcli train") as stale:  # the lock went with its holder
+        assert stale is None
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, write_yaml):
