@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO ?= toy-attention
 
-.PHONY: install quickstart demo test lint clean toy-length bench bench-data
+.PHONY: install quickstart demo test lint clean toy-length bench bench-data readme-tables
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench:
 # (benchmarks/data_scale.py; ~40 min and ~4 GB of disk under /tmp on 2 cores)
 bench-data:
 	$(BIN)/python benchmarks/data_scale.py $(BENCH_ARGS)
+
+# the README's toy tables and figures, from the commands they cite (docs/readme_tables.py; ~10 min on 2 cores):
+# trains the five toy runs under runs/readme/, writes docs/readme-results.json, rewrites the README's tables
+readme-tables:
+	$(BIN)/python docs/readme_tables.py run $(README_ARGS)
+	$(BIN)/python docs/readme_tables.py render
 
 test:
 	$(BIN)/python -m pytest

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import torch
 from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict
 from mtcli.data.tokenizers import Tokenizer, tokenizer_from_state
 from mtcli.errors import CheckpointError, ConfigError
-from mtcli.files import atomic_write
+from mtcli.files import atomic_write, writing
 from mtcli.models import Backend, build_model
 
 FORMAT = "mtcli-checkpoint-1"
@@ -55,15 +58,16 @@ def step_file(step: int) -> str:
 def point(run_dir: Path, pointer: str, target: str) -> None:
     """Make `run_dir/pointer` refer to `run_dir/target`, atomically (a link, else a hard link, else a copy)."""
     tmp = run_dir / f".{pointer}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.symlink(target, tmp)
-    except OSError:
+    with writing(run_dir / pointer):
+        tmp.unlink(missing_ok=True)
         try:
-            os.link(run_dir / target, tmp)
+            os.symlink(target, tmp)
         except OSError:
-            shutil.copyfile(run_dir / target, tmp)
-    os.replace(tmp, run_dir / pointer)
+            try:
+                os.link(run_dir / target, tmp)
+            except OSError:
+                shutil.copyfile(run_dir / target, tmp)
+        os.replace(tmp, run_dir / pointer)
 
 
 def pointed(run_dir: Path, pointer: str) -> str | None:
@@ -93,7 +97,8 @@ def prune(run_dir: Path, kept: list[dict[str, Any]]) -> None:
     keep = {e["file"] for e in kept} | {pointed(run_dir, LATEST), pointed(run_dir, BEST)}
     for path in (run_dir / CHECKPOINTS).glob("step-*.pt"):
         if f"{CHECKPOINTS}/{path.name}" not in keep:
-            path.unlink(missing_ok=True)
+            with writing(path):
+                path.unlink(missing_ok=True)
 
 
 def remove_partial_files(run_dir: Path) -> None:
@@ -101,7 +106,8 @@ def remove_partial_files(run_dir: Path) -> None:
     for folder in (run_dir, run_dir / CHECKPOINTS):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                with writing(tmp):
+                    tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, model: Backend, config: ExperimentConfig, src_tokenizer: Tokenizer,
@@ -135,24 +141,58 @@ def resolve_checkpoint(target: str | Path | None, runs_dir: Path = Path("runs"))
 
 
 def _unpickler_detail(exc: Exception) -> str:
-    """torch's weights-only refusal is long; keep the line that says what was refused."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("WeightsUnpickler error") and i + 1 < len(lines):
-            return lines[i + 1]
-    return lines[-1] if lines else type(exc).__name__
+    """torch's weights-only refusal is a long text; keep the part that says what was refused."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # older torch: at the start of a line; newer: mid-line
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+    return lines[0] if lines else type(exc).__name__
+
+
+def pickled_globals(path: Path) -> list[str] | None:
+    """The module.name globals a plain pickle file asks for, read without running it (pickletools);
+    None if the file is not a whole pickle (damaged, or not a pickle at all)."""
+    names, strings = [], []
+    try:
+        with path.open("rb") as handle:
+            for op, arg, _ in pickletools.genops(handle):
+                if op.name == "GLOBAL":
+                    names.append(".".join(str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "a global name")
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+    except Exception:  # pickletools raises ValueError, UnicodeDecodeError, ... on bytes that are no pickle
+        return None
+    return list(dict.fromkeys(names))
+
+
+def _refusal(path: Path, exc: Exception) -> CheckpointError:
+    """Tell a file that asks to run code (refused, never run) from one that is damaged or foreign."""
+    detail = _unpickler_detail(exc)
+    named = re.search(r"GLOBAL (\S+)", detail)
+    names = [named.group(1)] if named else pickled_globals(path)
+    if names:
+        return CheckpointError(f"{path}: refused to load: it asks for {', '.join(names)}, which is not tensors or "
+                               "plain data (loading it could run code); mtcli never runs code from a checkpoint")
+    return CheckpointError(f"{path}: not a readable checkpoint: damaged, or not a file torch.save wrote ({detail})")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's plain data; anything but tensors and plain data is refused, never executed."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses: the refusal says it
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load: not a checkpoint of tensors and plain data "
-                              f"({_unpickler_detail(exc)}); mtcli never runs code from a checkpoint") from None
+        raise _refusal(path, exc) from None
     except Exception as exc:  # truncated or foreign files fail in many ways inside torch.load
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: not a readable checkpoint (an empty file)") from None
+        detail = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint: damaged, or not a file torch.save wrote "
+                              f"({detail})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mtcli checkpoint")
     return data

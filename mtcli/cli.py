@@ -6,18 +6,22 @@ User mistakes (MtcliError, bad options) are printed as one line on stderr with e
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from typer.core import TyperGroup
+from rich.console import Console, ConsoleDimensions
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from mtcli.errors import MtcliError
+from mtcli.errors import MtcliError, ReportedElsewhere
+from mtcli.files import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
     from mtcli.checkpoint import Bundle
@@ -26,7 +30,58 @@ if TYPE_CHECKING:
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class OneLineErrors(TyperGroup):
+class PlainArgument(TyperArgument):
+    """An argument shown by its name alone: `CONFIG`, `[RUN]...` (no `<path>` type, no `{config}`)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = self.metavar or self.name.upper()
+        name = name if self.required else f"[{name}]"
+        return [name + ("..." if self.nargs != 1 else "")]
+
+
+class PlainOption(TyperOption):
+    """A flag shown alone (no `<bool>`); an option with its metavar (`--test bs|ar`), else a word for its type."""
+
+    TYPES = {"int": "N", "int range": "N", "float": "X", "float range": "X", "path": "PATH", "str": "TEXT"}
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        if self.metavar:
+            return self.metavar
+        raw = str(super().display_type_rich(ctx)).strip("<>").removesuffix("...")
+        return self.TYPES.get(raw, raw.upper()) + ("..." if self.nargs != 1 else "")
+
+
+class PlainHelp:
+    """--help in plain words: parameters as above, each paragraph of a docstring joined into one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = re.sub(r"(?<!\n)\n(?!\n)", " ", inspect.cleandoc(self.help))
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            for typer_class, plain in ((TyperArgument, PlainArgument), (TyperOption, PlainOption)):
+                if type(param) is typer_class:
+                    param.__class__ = plain
+        return params
+
+
+class Command(PlainHelp, TyperCommand):
+    """Every mtcli command (`@app.command(cls=Command)`)."""
+
+
+class Group(PlainHelp, TyperGroup):
+    """A group of commands (`mtcli data`)."""
+
+
+class OneLineErrors(Group):
     """Usage errors as one line and exit code 1, like every other user mistake."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
@@ -48,8 +103,47 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Machine-translation experiments: train, evaluate, translate and visualize "
                        "Seq2seq, attention and Transformer models.")
 
-stdout = Console()
-stderr = Console(stderr=True)
+
+def version_text() -> str:
+    """mtcli's version and the versions that decide its results (read from the installed packages)."""
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return (f"mtcli {version('mtcli')} (torch {version('torch')}, sacrebleu {version('sacrebleu')}, "
+            f"Python {sys.version.split()[0]})")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=show_version, help="Print the version and exit.")] = False) -> None:
+    """Machine-translation experiments: train, evaluate, translate and visualize Seq2seq, attention and
+    Transformer models."""
+
+
+class Output(Console):
+    """A Rich console that lays tables out at their natural width when its output is not a terminal (a pipe,
+    a file), instead of hard-wrapping them at 80 columns; COLUMNS still sets a width."""
+
+    PIPED_WIDTH = 1000
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(self.PIPED_WIDTH, size.height)
+        return size
+
+
+stdout = Output()
+stderr = Output(stderr=True)
 
 
 def user_errors(command: Callable) -> Callable:
@@ -57,16 +151,29 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except MtcliError as exc:
-            rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
-            typer.echo(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", err=True)
+        except ReportedElsewhere:
             raise typer.Exit(1) from None
+        except MtcliError as exc:
+            message = str(exc)
+        except OSError as exc:  # a file operation without its own message: still one line, naming the file
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
+        typer.echo(f"error: {message}" if rank == "0" else f"error (rank {rank}): {message}", err=True)
+        raise typer.Exit(1)
     return wrapper
 
 
+def acknowledge_stop(name: str) -> None:
+    """Said at once when SIGINT/SIGTERM arrives during training (rank 0 speaks for all processes)."""
+    if os.environ.get("RANK", "0") == "0":
+        os.write(2, f"\n{name}: stopping after the update or validation under way, with a final "
+                    "checkpoint\n".encode())
+
+
 RunArg = Annotated[str | None, typer.Argument(
-    help="Run folder or checkpoint file; default: the most recent run under runs/.", show_default=False)]
-BeamOpt = Annotated[int | None, typer.Option("--beam", min=1, help="Beam size (1 = greedy); default: the config's.")]
+    metavar="RUN", help="Run folder or checkpoint file; default: the most recent run under runs/.", show_default=False)]
+BeamOpt = Annotated[int | None, typer.Option(
+    "--beam", min=1, metavar="N", help="Beam size (1 = greedy); default: the config's.")]
 
 
 PrecisionOpt = Annotated[str | None, typer.Option(
@@ -93,10 +200,10 @@ def load(target: str | None, announce: bool = True, precision: str | None = None
     return bundle
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML experiment file.", show_default=False)],
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Start over even if the run has checkpoints.")] = False,
@@ -112,7 +219,11 @@ def train(
     from mtcli.ui import TrainingDisplay
 
     cfg = load_config(config, overrides or [])
-    end = run_training(cfg, [RunLog(cfg.run_path), TrainingDisplay(stdout)], restart=restart)
+    display = TrainingDisplay(stdout)
+    try:
+        end = run_training(cfg, [RunLog(cfg.run_path), display], restart=restart, on_signal=acknowledge_stop)
+    finally:
+        display.close()  # the live progress bar ends before any error line
     if end.reason == "interrupted":
         saved = f"saved {end.saved}" if end.saved else "nothing saved yet"
         if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 saved and speaks for all
@@ -121,7 +232,7 @@ def train(
         raise typer.Exit(143 if end.signal == "SIGTERM" else 130)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def evaluate(
     run: RunArg = None,
@@ -137,10 +248,14 @@ def evaluate(
     from mtcli.evaluation import test_set
     from mtcli.ui import scores_table
 
+    if output is not None:
+        check_output_file(output)  # before the decoding, not after it
     bundle = load(run, announce=not as_json, precision=precision)
     result = run_evaluation(bundle, test_set(bundle, src, ref), beam)
     if output is not None:
-        output.write_text("".join(h + "\n" for h in result.hypotheses), encoding="utf-8")
+        from mtcli.files import atomic_write_text
+
+        atomic_write_text(output, "".join(h + "\n" for h in result.hypotheses))
     if as_json:
         typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
         return
@@ -153,10 +268,10 @@ def evaluate(
         stdout.print(alignment_line(result.alignment), soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def translate(
-    text: Annotated[str | None, typer.Argument(help="A sentence to translate; else --input or stdin.",
+    text: Annotated[str | None, typer.Argument(metavar="TEXT", help="A sentence to translate; else --input or stdin.",
                                                   show_default=False)] = None,
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", "-c", help="Run folder or checkpoint; default: the latest run.")] = None,
@@ -181,7 +296,7 @@ def translate(
         typer.echo(result.text)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def visualize(
     runs: Annotated[list[str] | None, typer.Argument(
@@ -190,7 +305,8 @@ def visualize(
     sentence: Annotated[str | None, typer.Option("--sentence", "-s",
                                                     help="Source sentence; default: the first test sentence.")] = None,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Also save a figure (.png/.svg/.pdf); with --all: the folder for the figures.")] = None,
+        "--output", "-o",
+        help="Also save a figure (.png/.svg/.pdf); with --all: the folder for the figures.")] = None,
     beam: BeamOpt = None,
     layer: Annotated[int | None, typer.Option(min=1, help="Transformer: decoder layer (default: last).")] = None,
     head: Annotated[int | None, typer.Option(min=1, help="Transformer: one head (default: mean of heads).")] = None,
@@ -215,6 +331,8 @@ def visualize(
     runs = runs or []
     check_options(runs, curves=curves, grid=grid, all_dev=all_dev, output=output, sentence=sentence, beam=beam,
                   layer=layer, head=head, fmt=fmt)
+    if output is not None:
+        (check_output_folder if all_dev is not None else check_output_file)(output)
     if curves:
         from mtcli.plots import curves_figure, save_figure
         from mtcli.ui import curves_table
@@ -259,16 +377,16 @@ def visualize(
         stdout.print(f"saved {save_figure(view_figure(view), output)}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Run folders or checkpoints; the first is the baseline.",
-                                              show_default=False)],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN", help="Run folders or checkpoints; the first is the "
+                                              "baseline.", show_default=False)],
     src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
     ref: Annotated[Path | None, typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
     beam: BeamOpt = None,
-    test: Annotated[str, typer.Option("--test", help="Paired test: bs (bootstrap resampling) or ar "
-                                                     "(approximate randomization).")] = "bs",
+    test: Annotated[str, typer.Option("--test", metavar="bs|ar", help="Paired test: bs (bootstrap resampling) "
+                                                                     "or ar (approximate randomization).")] = "bs",
     samples: Annotated[int, typer.Option("--samples", min=0, help="Resamples or trials; 0 = sacrebleu's "
                                                                   "default (1000 bs, 10000 ar).")] = 0,
     bucket_width: Annotated[int, typer.Option("--bucket-width", min=1, help="Source words per length bucket.")] = 10,
@@ -283,6 +401,10 @@ def compare(
 
     if test not in ("bs", "ar"):
         raise MtcliError(f"--test {test}: use bs (paired bootstrap resampling) or ar (approximate randomization)")
+    if output is not None:
+        from mtcli.plots import check_figure_path
+
+        check_output_file(check_figure_path(output))
     bundles = [load(run) for run in runs]
     data = test_set(bundles[0], src, ref)
     if src is None:
@@ -306,7 +428,7 @@ def compare(
         stdout.print(f"saved {output}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def report(
     run: RunArg = None,
@@ -318,19 +440,21 @@ def report(
     signatures, learning curves, BLEU by length, sample translations with their attention."""
     from mtcli.report import write_report
 
+    if output is not None:
+        check_output_file(output)
     bundle = load(run)
-    path = write_report(bundle, output or bundle.path.parent / "report.html", beam, samples)
+    path = write_report(bundle, output or check_output_file(bundle.path.parent / "report.html"), beam, samples)
     stdout.print(f"wrote {path}", soft_wrap=True)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Corpora: fetch them, prepare them for training.")
+data_app = typer.Typer(cls=Group, no_args_is_help=True, help="Corpora: fetch them, prepare them for training.")
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 @user_errors
 def data_prepare(
-    config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML experiment file.", show_default=False)],
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")] = None,
 ) -> None:
@@ -356,11 +480,11 @@ def data_prepare(
                  f"({time.perf_counter() - start:.1f}s)", soft_wrap=True, highlight=False)
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=Command)
 @user_errors
 def data_fetch(
-    dataset: Annotated[str, typer.Argument(help="The corpus: multi30k.", show_default=False)],
-    dest: Annotated[Path, typer.Argument(help="Folder for <split>.<lang> files (data.dir in a config).",
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="The corpus: multi30k.", show_default=False)],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Folder for <split>.<lang> files (data.dir in a config).",
                                          show_default=False)],
     langs: Annotated[str, typer.Option("--langs", help="Comma-separated languages (de, en, fr, cs).")] = "de,en",
     source: Annotated[Path | None, typer.Option("--from", help="Copy from this local folder instead of "
@@ -377,15 +501,16 @@ def data_fetch(
     if dataset.lower() != "multi30k":
         raise MtcliError(f"{dataset}: unknown corpus (known: multi30k)")
     chosen = tuple(lang.strip() for lang in langs.split(",") if lang.strip())
+    check_output_folder(dest)  # before any download
     files = fetch_multi30k(dest, chosen, source, url or MULTI30K_URL, cache,
                            report=lambda line: stdout.print(line, soft_wrap=True))
     stdout.print(f"{len(files)} files in {dest}, all checksums ok", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def average(
-    run: Annotated[Path, typer.Argument(help="Run folder.", show_default=False)],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder.", show_default=False)],
     last: Annotated[int | None, typer.Option("--last", min=1, help="Average the newest N step checkpoints.")] = None,
     best: Annotated[int | None, typer.Option("--best", min=1, help="Average the N best by the run's "
                                                                    "train.best_metric.")] = None,
@@ -395,8 +520,10 @@ def average(
     with it like any other)."""
     from mtcli.checkpoint import average_checkpoints, choose_for_average
 
+    if output is not None:
+        check_output_file(output)
     paths = choose_for_average(run, last, best)
-    out = average_checkpoints(paths, output or run / "average.pt")
+    out = average_checkpoints(paths, check_output_file(output or run / "average.pt"))
     stdout.print(f"wrote {out}: the mean of {', '.join(p.name for p in paths)}", soft_wrap=True)
 
 

@@ -246,7 +246,7 @@ def _build(cls: type, data: dict, source: str, path: str = "") -> Any:
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
-    """Put `value` at `a.b.c` in the nested dict, checking each key against the schema."""
+    """Put `value` at `a.b.c` in the nested dict, checking each key and the value's type against the schema."""
     cls: Any = ExperimentConfig
     keys = dotted.split(".")
     node = tree
@@ -258,6 +258,7 @@ def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
             _unknown_key(cls, key, source, path)
         cls = typing.get_type_hints(cls)[key]
         if depth == len(keys) - 1:
+            _convert(value, cls, source, dotted)  # a wrong type is the override's mistake, not the file's
             node[key] = value
         else:
             if node.get(key) is None:
@@ -279,8 +280,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _validate(cfg: ExperimentConfig, source: str) -> None:
-    """Checks that involve more than one key or a range."""
+def _validate(cfg: ExperimentConfig, source: str, overridden: tuple[str, ...] = ()) -> None:
+    """Checks that involve more than one key or a range; a key set by --set is blamed on --set."""
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        by_override = any(key == k or key.startswith(k + ".") for k in overridden)
+        _fail("--set" if by_override else source, key, message)
+
     positive = {
         "model.embed_dim": cfg.model.embed_dim, "model.hidden_dim": cfg.model.hidden_dim,
         "model.encoder_layers": cfg.model.encoder_layers, "model.decoder_layers": cfg.model.decoder_layers,
@@ -297,31 +303,31 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
     }
     for key, value in positive.items():
         if value <= 0:
-            _fail(source, key, f"must be positive, got {value}")
+            fail(key, f"must be positive, got {value}")
     for key, value in {"train.max_epochs": cfg.train.max_epochs, "train.max_steps": cfg.train.max_steps,
                        "train.max_minutes": cfg.train.max_minutes, "train.warmup_steps": cfg.train.warmup_steps,
                        "train.patience": cfg.train.patience, "train.samples": cfg.train.samples,
                        "train.clip_grad_norm": cfg.train.clip_grad_norm, "train.threads": cfg.train.threads,
                        "train.weight_decay": cfg.train.weight_decay, "decode.min_len": cfg.decode.min_len}.items():
         if value < 0:
-            _fail(source, key, f"must be zero or positive, got {value}")
+            fail(key, f"must be zero or positive, got {value}")
     if not 0 <= cfg.model.dropout < 1:
-        _fail(source, "model.dropout", f"must be in [0, 1), got {cfg.model.dropout}")
+        fail("model.dropout", f"must be in [0, 1), got {cfg.model.dropout}")
     if not 0 <= cfg.train.label_smoothing < 1:
-        _fail(source, "train.label_smoothing", f"must be in [0, 1), got {cfg.train.label_smoothing}")
+        fail("train.label_smoothing", f"must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.max_epochs == 0 and cfg.train.max_steps == 0 and cfg.train.max_minutes == 0:
-        _fail(source, "train.max_epochs", "set max_epochs, max_steps or max_minutes, or training never stops")
+        fail("train.max_epochs", "set max_epochs, max_steps or max_minutes, or training never stops")
     if cfg.model.backend == "transformer" and cfg.model.embed_dim % cfg.model.heads:
-        _fail(source, "model.heads", f"{cfg.model.heads} does not divide model.embed_dim {cfg.model.embed_dim}")
+        fail("model.heads", f"{cfg.model.heads} does not divide model.embed_dim {cfg.model.embed_dim}")
     if cfg.model.backend == "transformer" and cfg.model.embed_dim % 2:
-        _fail(source, "model.embed_dim", "must be even for sinusoidal positions")
+        fail("model.embed_dim", "must be even for sinusoidal positions")
     if cfg.model.backend != "transformer" and cfg.model.bidirectional and cfg.model.hidden_dim % 2:
-        _fail(source, "model.hidden_dim", "must be even with a bidirectional encoder (half per direction)")
+        fail("model.hidden_dim", "must be even with a bidirectional encoder (half per direction)")
     if cfg.model.tie_embeddings == "all" and not cfg.data.joint_vocab:
-        _fail(source, "model.tie_embeddings", "'all' needs data.joint_vocab: true (one vocabulary for both sides)")
+        fail("model.tie_embeddings", "'all' needs data.joint_vocab: true (one vocabulary for both sides)")
     rnn = cfg.model.backend != "transformer"
     if rnn and cfg.model.tie_embeddings != "none" and cfg.model.embed_dim != cfg.model.hidden_dim:
-        _fail(source, "model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
+        fail("model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
               f"(got {cfg.model.embed_dim} and {cfg.model.hidden_dim})")
     for i, corpus in enumerate(cfg.data.corpora):
         if not corpus.weight > 0:
@@ -332,19 +338,20 @@ def _validate(cfg: ExperimentConfig, source: str) -> None:
     if cfg.data.spm_sample < 0:
         _fail(source, "data.spm_sample", f"must be zero (all sentences) or positive, got {cfg.data.spm_sample}")
     if cfg.data.toy.max_len < cfg.data.toy.min_len:
-        _fail(source, "data.toy.max_len", f"must be at least data.toy.min_len ({cfg.data.toy.min_len})")
+        fail("data.toy.max_len", f"must be at least data.toy.min_len ({cfg.data.toy.min_len})")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
-        _fail(source, "train.device", f"{cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N")
+        fail("train.device", f"{cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def config_from_dict(data: dict, source: str, overrides: list[str] = ()) -> ExperimentConfig:
     """Build a checked config from plain data plus `section.key=value` overrides."""
-    tree = copy.deepcopy(data)
+    tree, overridden = copy.deepcopy(data), []
     for text in overrides:
         key, value = parse_override(text)
         _set_path(tree, key, value, "--set")
+        overridden.append(key)
     cfg = _build(ExperimentConfig, tree, source)
-    _validate(cfg, source)
+    _validate(cfg, source, tuple(overridden))
     return cfg
 
 
@@ -352,6 +359,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     """Read a YAML experiment; `name` defaults to the file's stem."""
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        stored = path / "config.yaml"
+        hint = f" (a run folder? its resolved config is {stored})" if stored.is_file() else ""
+        raise ConfigError(f"{source}: is a folder, not a config file{hint}")
     if not path.is_file():
         raise ConfigError(f"{source}: no such config file")
     try:
@@ -363,8 +374,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{source}: {where}{problem}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise ConfigError(f"{source}: the file is empty: write the settings that differ from the defaults "
+                          "(experiments/reference.yaml lists them all)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data, model, train, decode)")
     data.setdefault("name", path.stem)

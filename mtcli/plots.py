@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mtcli.errors import MtcliError  # noqa: E402
+from mtcli.files import atomic_write  # noqa: E402
 from mtcli.visualize import FIGURE_FORMATS  # noqa: E402
 
 if TYPE_CHECKING:
@@ -48,14 +49,11 @@ def svg_markup(fig: Figure) -> str:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write `fig` (the format from the suffix) and close it."""
+    """Write `fig` (the format from the suffix; atomically, a failure is a WriteError) and close it."""
     try:
-        check_figure_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt = check_figure_path(path).suffix.lower().lstrip(".")
         with plt.rc_context(SVG_TEXT):
-            fig.savefig(path, dpi=150)
-    except OSError as exc:
-        raise MtcliError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None
+            atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=150))
     finally:
         plt.close(fig)
     return path

@@ -19,8 +19,8 @@ from mtcli.analysis import Comparison, compare_runs
 from mtcli.checkpoint import Bundle
 from mtcli.config import dump_config
 from mtcli.data.corpus import load_split, split_files
-from mtcli.errors import MtcliError
 from mtcli.evaluation import translator
+from mtcli.files import atomic_write_text
 from mtcli.plots import attention_figure, curves_figure, length_figure, svg_markup
 from mtcli.visualize import training_curves
 
@@ -141,10 +141,5 @@ def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, boot
 
 
 def write_report(bundle: Bundle, path: Path, beam: int | None = None, samples: int = 3) -> Path:
-    page = build_report(bundle, beam, samples)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise MtcliError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+    atomic_write_text(path, build_report(bundle, beam, samples))
     return path

@@ -1,6 +1,6 @@
 """The run folder's record of training: `train.log` (text) and `metrics.jsonl` (one JSON object per event).
 
-A training callback; plain files only, no terminal.
+A training callback; plain files only, no terminal. Each record is appended whole or not at all.
 """
 
 from __future__ import annotations
@@ -10,20 +10,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtcli.files import append_line, writing
 from mtcli.training import Callback, EndEvent, StartEvent, StepEvent, ValidationEvent
 
 
 class RunLog(Callback):
     def __init__(self, run_dir: Path):
-        run_dir.mkdir(parents=True, exist_ok=True)
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.log_path, self.metrics_path = run_dir / "train.log", run_dir / "metrics.jsonl"
 
     def _write(self, line: str, record: dict[str, Any]) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self.log_path.open("a", encoding="utf-8") as log:
-            log.write(f"{stamp} {line}\n")
-        with self.metrics_path.open("a", encoding="utf-8") as metrics:
-            metrics.write(json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False) + "\n")
+        append_line(self.log_path, f"{stamp} {line}")
+        append_line(self.metrics_path, json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False))
 
     def on_start(self, e: StartEvent) -> None:
         what = f"resumed at step {e.resumed_step}" if e.resumed_step else "started"

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -85,7 +86,9 @@ class Precision:
 class StopSignals:
     """SIGINT and SIGTERM ask training to stop at the next update boundary instead of killing it.
 
-    The loop polls `received`; it then writes a final checkpoint and returns. Repeated signals are
+    The loop polls `received`; it then writes a final checkpoint and returns. `acknowledge(name)` is called
+    at once from the handler (keep it to a plain write), so a user knows the stop is coming even while a
+    long validation finishes. Repeated signals are
     ignored (torchrun forwards a Ctrl-C its workers already got), so the final save is never cut short;
     SIGKILL still ends the process at once, losing only what was trained since the last checkpoint.
     Handlers are installed only from the main thread (Python's rule) and restored on exit.
@@ -93,7 +96,8 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, acknowledge: Callable[[str], None] | None = None) -> None:
+        self.acknowledge = acknowledge
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -104,6 +108,8 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is None:
             self.received = signum
+            if self.acknowledge is not None:
+                self.acknowledge(signal.Signals(signum).name)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

@@ -1,6 +1,7 @@
 """The training loop: batches -> loss -> updates, validation with sacreBLEU, checkpoints, early stopping.
 
 It reports only through callbacks (events below) and never imports Rich; the CLI decides what to show.
+One `train` per run folder at a time (a lock); a diverged model is never saved (see `Trainer.diverged`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,16 @@ from mtcli.config import ExperimentConfig, TrainConfig, config_from_dict, config
 from mtcli.data.batching import Batch, EpochPlan, iterate_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
-from mtcli.errors import CheckpointError, ConfigError, DataError, TrainingError
+from mtcli.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MtcliError,
+    ReportedElsewhere,
+    TrainingError,
+    WriteError,
+)
+from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
 from mtcli.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
@@ -174,6 +184,25 @@ def better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
+# What a second `train` on a run folder in use is told to do
+RUN_LOCK_HINT = "wait for it to end, stop it, or train into another folder (--set run_dir=...)"
+
+# Training has diverged when the loss per target token is not finite or above this many nats. A uniform
+# guess over the vocabulary costs ln(V) nats (about 9 for 8,000 pieces) and a model that learns goes below
+# that; 100 nats means probabilities of e^-100 on the right tokens, weights that have blown up.
+DIVERGED_LOSS = 100.0
+
+
+def divergence(loss: float, grad_norm: float | None = None) -> str | None:
+    """Why these figures mean a diverged model ('the loss is nan'), or None while training is sound."""
+    if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+        return f"the loss per target token is {loss:.4g}" + ("" if not math.isfinite(loss) else
+                                                          f" (above {DIVERGED_LOSS:g})")
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        return f"the gradient norm is {grad_norm}"
+    return None
+
+
 
 
 # ---------------------------------------------------------------- the loop
@@ -201,8 +230,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: ExperimentConfig, callbacks: list[Callback], restart: bool = False,
-                 signals: StopSignals | None = None):
+                 signals: StopSignals | None = None, held: contextlib.ExitStack | None = None):
         self.cfg, self.callbacks = cfg, callbacks
+        self.notes: list[str] = []  # shown at the start beside the data's notes
         self.signals = signals or StopSignals()
         self.run_dir = cfg.run_path
         self.world = distributed.world_from_env()
@@ -213,6 +243,8 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         distributed.start(self.world, self.device)
+        if held is not None:
+            self._hold_run_folder(held)
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
         resume = None if restart else self._resumable()
@@ -228,7 +260,7 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.src_tokenizer.vocab_size, self.data.tgt_tokenizer.vocab_size)
         if start_from is not None:
             self.model.load_state_dict(start_from["model"])
-            self.data.notes.append(f"initialised from {start_from['path']} (step {start_from['meta'].get('step')}): "
+            self.notes.append(f"initialised from {start_from['path']} (step {start_from['meta'].get('step')}): "
                                    "its weights and vocabulary, a fresh optimizer and schedule")
         self.model.to(self.device).train()
         self.net: torch.nn.Module = self.model
@@ -302,6 +334,24 @@ class Trainer:
                                   f"config has {value!r}; the model sections must match (only dropout may differ)")
         return {**data, "path": path}
 
+    # ----- the run folder
+
+    def _hold_run_folder(self, held: contextlib.ExitStack) -> None:
+        """Rank 0 locks the run folder until `held` closes (one `train` per folder); every process learns
+        whether it could, so that under torchrun none is left waiting for a rank 0 that has stopped."""
+        failure = None
+        if self.world.main:
+            try:
+                stale = held.enter_context(folder_lock(self.run_dir, "mtcli train", hint=RUN_LOCK_HINT))
+            except MtcliError as exc:
+                failure = exc
+            else:
+                if stale:
+                    self.notes.append(f"took over the run folder from {describe_holder(stale)}, which ended "
+                                      "without releasing it")
+        if distributed.broadcast(failure is not None, self.world):
+            raise failure or ReportedElsewhere("rank 0 could not take the run folder")
+
     # ----- resume
 
     def _resumable(self) -> dict | None:
@@ -346,9 +396,11 @@ class Trainer:
     def _save(self, value: float | None, improved: bool) -> Path | None:
         """Write checkpoints/step-N.pt (weights and the whole training state), move the pointers, prune.
 
-        Collective: every process hands over its random state; rank 0 writes. A failed write (disk full)
-        stops training with the previous checkpoints untouched.
+        Collective: every process hands over its random state; rank 0 writes. A failed write (disk full,
+        read-only) stops training with the previous checkpoints untouched; non-finite weights are never written.
         """
+        if not all(bool(torch.isfinite(param).all()) for param in self.model.parameters()):
+            raise self._diverged("the weights are not finite")
         rng = distributed.gather(self._rng_state(), self.world)
         self.saved_at = self.progress.step
         if not self.world.main:
@@ -372,12 +424,24 @@ class Trainer:
             ckpt.point(self.run_dir, LATEST, file)
             if improved:
                 ckpt.point(self.run_dir, BEST, file)
-        except OSError as exc:
+        except WriteError as exc:
             previous = pointed(self.run_dir, LATEST)
             kept = f"the previous checkpoint {self.run_dir / previous} is intact" if previous else "nothing saved"
-            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
+            raise CheckpointError(f"{path}: could not write the checkpoint ({exc.cause}); {kept}") from None
         ckpt.prune(self.run_dir, p.checkpoints)
         return path
+
+    def _diverged(self, why: str) -> TrainingError:
+        """The one-line stop for a diverged run: what went wrong, and the checkpoint to resume from."""
+        previous = pointed(self.run_dir, LATEST) if self.world.main else None
+        again = "a lower train.lr (--set train.lr=...), a longer train.warmup_steps or train.clip_grad_norm"
+        if previous:
+            then = (f"the last sound checkpoint {self.run_dir / previous} is kept: run the same command "
+                    f"to resume from it, with {again}")
+        else:
+            then = f"no checkpoint was written yet: start again with {again}"
+        return TrainingError(f"training diverged at step {self.progress.step}: {why}; the diverged weights are "
+                             f"not saved; {then}")
 
     # ----- events
 
@@ -405,7 +469,9 @@ class Trainer:
         """Validate (rank 0), agree on the result, checkpoint, report. Called by every process."""
         start, p, metric = time.perf_counter(), self.progress, self.cfg.train.best_metric
         scores = self._dev_scores() if self.world.main else None
-        value = distributed.broadcast(scores[2] if scores else None, self.world)
+        value, why = distributed.broadcast((scores[2], divergence(scores[0])) if scores else None, self.world)
+        if why:
+            raise self._diverged(f"on the dev set {why}")
         improved = better(metric, value, p.best_value)
         if improved:
             p.best_value, p.best_step, p.bad_validations = value, p.step, 0
@@ -449,12 +515,12 @@ class Trainer:
     def run(self) -> EndEvent:
         cfg, p = self.cfg, self.progress
         if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_partial_files(self.run_dir)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         total = self.total_steps()
         self.emit("on_start", StartEvent(self.run_dir, cfg, self.model.parameter_count(), len(self.data.train),
-                                         len(self.data.dev), total, self._device_text(), self.data.notes, p.step))
+                                         len(self.data.dev), total, self._device_text(), self.data.notes + self.notes,
+                                         p.step))
         reason = self._stop_reason()
         interval_loss, interval_tokens, interval_seconds = 0.0, 0, 0.0
         while reason is None:
@@ -523,22 +589,21 @@ class Trainer:
                     loss = batch_loss(self.model, batch, cfg.label_smoothing, self.net)
                 self.precision.scaler.scale(loss * scale).backward()
             loss_sum += loss.item()
-        scaler = self.precision.scaler
-        if cfg.clip_grad_norm:
+        scaler, grad_norm = self.precision.scaler, None
+        if cfg.clip_grad_norm or not scaler.is_enabled():  # the norm clips, and tells a diverged run
             scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm or math.inf))
+        if scaler.is_enabled():
+            grad_norm = None  # fp16: the scaler skips the updates whose gradients overflowed, by design
         scaler.step(self.optimizer)
         scaler.update()
         seconds = time.perf_counter() - start
         # one small exchange per update: the loss, stop requests, and rank 0's clock (which decides max_minutes)
         loss_sum, stops, seconds = distributed.all_sum(
             [loss_sum, float(self.signals.received is not None), seconds if self.world.main else 0.0], self.world)
-        if not math.isfinite(loss_sum):
-            previous = pointed(self.run_dir, LATEST) if self.world.main else None
-            kept = f"the last good checkpoint is {self.run_dir / previous}" if previous else "nothing was saved"
-            raise TrainingError(f"training diverged: the loss is {loss_sum} at step {p.step}; stopped without "
-                                f"saving it ({kept}); try a lower train.lr, a longer train.warmup_steps or "
-                                "train.clip_grad_norm")
+        why = divergence(loss_sum / tokens, grad_norm)  # the same figures on every process
+        if why:
+            raise self._diverged(why)
         p.batch_in_epoch += len(group)
         p.tokens += tokens
         p.train_seconds += seconds
@@ -558,11 +623,17 @@ def _content(section: dict) -> dict:
     return {k: v for k, v in section.items() if k != "cache_dir"}
 
 
-def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False) -> EndEvent:
-    """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint."""
-    with StopSignals() as signals:
+def train(cfg: ExperimentConfig, callbacks: list[Callback] = (), restart: bool = False,
+          on_signal: Callable[[str], None] | None = None) -> EndEvent:
+    """Train `cfg`; SIGINT/SIGTERM during training stop it at the next update with a final checkpoint.
+
+    `on_signal(name)` is called as soon as such a signal arrives (to acknowledge it; the stop may wait for
+    the update or validation under way). Rank 0 holds the run folder's lock throughout: a second `train`
+    on the same folder is refused (FolderInUse); the lock of a killed run is taken over, with a note.
+    """
+    with StopSignals(on_signal) as signals, contextlib.ExitStack() as held:
         try:
-            end = Trainer(cfg, list(callbacks), restart, signals).run()
+            end = Trainer(cfg, list(callbacks), restart, signals, held).run()
         except BaseException:
             distributed.stop(clean=False)
             raise

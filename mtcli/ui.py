@@ -1,6 +1,7 @@
 """All terminal rendering (Rich): training progress and validation tables, score tables, attention heatmaps.
 
-The library never prints; the CLI passes its results here.
+The library never prints; the CLI passes its results here. Everything fits an 80-column terminal: a table
+too wide for the width it is drawn at switches to a narrower layout (`Fit`), never to cut numbers.
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.style import Style
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
-from mtcli.analysis import AlignmentReport, Comparison
+from mtcli.analysis import METRICS, AlignmentReport, Comparison, RunComparison
 from mtcli.metrics import Score
 from mtcli.training import Callback, EndEvent, PrepareEvent, StartEvent, StepEvent, ValidationEvent
 
@@ -47,6 +49,24 @@ class PreparationProgress:
             self.progress = None
 
 
+class Fit:
+    """The first of several layouts whose natural width fits the width it is drawn at; else the last one."""
+
+    def __init__(self, *layouts: RenderableType):
+        self.layouts = layouts
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        unbounded = options.update(max_width=10_000)
+        for layout in self.layouts[:-1]:
+            if Measurement.get(console, unbounded, layout).maximum <= options.max_width:
+                yield layout
+                return
+        yield self.layouts[-1]
+
+
+WIDE_PROGRESS = 110  # below this many columns the progress line leaves out the epoch and elapsed time
+
+
 class TrainingDisplay(Callback):
     """A live progress bar (step, loss, lr, tokens/s, ETA) and a table per validation."""
 
@@ -69,20 +89,36 @@ class TrainingDisplay(Callback):
         for note in e.notes:
             self.console.print(f"  {note}", style="dim")
         if self.console.is_terminal:
-            self.progress = Progress(
-                TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
-            self.task = self.progress.add_task("train", total=e.total_steps or None, completed=e.resumed_step,
-                                               stats="")
+            self.progress = self.progress_bar(e.total_steps, e.resumed_step)
             self.progress.start()
 
-    def on_step(self, e: StepEvent) -> None:
-        stats = f"epoch {e.epoch}  loss {e.loss:.3f}  lr {e.lr:.2e}  {e.tokens_per_s:,.0f} tok/s"
+    def progress_bar(self, total: int, completed: int) -> Progress:
+        """step N/M, a bar that takes the room left, the stats, ETA; and epoch and elapsed time when wide."""
+        self.wide = self.console.width >= WIDE_PROGRESS
+        whole = {"table_column": Column(no_wrap=True)}  # the bar gives way, never the figures
+        columns = [TextColumn("[bold]step", **whole), MofNCompleteColumn(**whole), BarColumn(bar_width=None),
+                   TextColumn("{task.fields[stats]}", **whole)]
+        columns += [TimeElapsedColumn(**whole)] if self.wide else []
+        progress = Progress(*columns, TextColumn("ETA", **whole), TimeRemainingColumn(**whole), console=self.console,
+                            expand=True)
+        self.task = progress.add_task("train", total=total or None, completed=completed, stats="")
+        return progress
+
+    def close(self) -> None:
+        """End the live progress bar (after the last event, or when training stopped with an error)."""
+        self.preparation.close()
         if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_step(self, e: StepEvent) -> None:
+        stats = f"loss {e.loss:.3f}  lr {e.lr:.2e}  {e.tokens_per_s:,.0f} tok/s"
+        if self.progress is not None:
+            stats = f"epoch {e.epoch}  {stats}" if self.wide else stats
             self.progress.update(self.task, completed=e.step, stats=stats)
         else:
             total = f"/{e.total_steps}" if e.total_steps else ""
-            self.console.print(f"step {e.step}{total}  {stats}  {e.elapsed:.0f}s")
+            self.console.print(f"step {e.step}{total}  epoch {e.epoch}  {stats}  {e.elapsed:.0f}s")
 
     def on_validation(self, e: ValidationEvent) -> None:
         self.validations.append(e)
@@ -101,8 +137,7 @@ class TrainingDisplay(Callback):
         self.console.print(Group(table, samples))
 
     def on_end(self, e: EndEvent) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.close()
         best = "no validation"
         if e.best_value is not None:
             best = f"best {e.metric} {e.best_value:.2f} at step {e.best_step}"
@@ -112,14 +147,48 @@ class TrainingDisplay(Callback):
             self.console.print(f"best checkpoint: {e.checkpoint}")
 
 
-def scores_table(scores: dict[str, Score], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    table.add_column("score", justify="right")
-    table.add_column("signature", style="dim", overflow="fold")
-    for score in scores.values():
-        table.add_row(score.name, f"{score.score:.2f}", score.signature)
-    return table
+def break_signature(signature: str, width: int) -> str:
+    """A sacreBLEU signature on lines of at most `width` characters, broken after a '|', never in a field."""
+    parts = signature.split("|")
+    lines = [""]
+    for piece in [part + "|" for part in parts[:-1]] + parts[-1:]:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+class ScoresTable:
+    """A title line, then metric, score and sacreBLEU signature; at a narrow width the signatures break
+    between their fields."""
+
+    def __init__(self, scores: dict[str, Score], title: str):
+        self.scores, self.title = scores, title
+
+    def table(self, signature_width: int | None = None) -> Table:
+        table = Table()
+        table.add_column("metric", no_wrap=True)
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("signature", style="dim", no_wrap=True)
+        for score in self.scores.values():
+            signature = score.signature if signature_width is None else break_signature(score.signature,
+                                                                                         signature_width)
+            table.add_row(score.name, f"{score.score:.2f}", signature)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.title, style="italic")  # above, not inside: a title inside wraps at the table's width
+        table = self.table()
+        natural = Measurement.get(console, options.update(max_width=10_000), table).maximum
+        if natural <= options.max_width:
+            yield table
+            return
+        longest = max(len(score.signature) for score in self.scores.values())
+        yield self.table(max(options.max_width - (natural - longest), 20))
+
+
+def scores_table(scores: dict[str, Score], title: str) -> ScoresTable:
+    return ScoresTable(scores, title)
 
 
 SHADES = " ░▒▓█"
@@ -137,24 +206,30 @@ def _color(weight: float) -> str:
     return f"rgb({r},{g},{bl})"
 
 
-def _cell(weight: float) -> Text:
-    """Two characters per attention weight: a denser block and a brighter colour for more weight."""
+def _cell(weight: float, width: int = 2) -> Text:
+    """`width` characters per attention weight: a denser block and a brighter colour for more weight."""
     shade = SHADES[round(min(max(weight, 0.0), 1.0) * (len(SHADES) - 1))]  # nearest of 0, .25, .5, .75, 1
-    return Text(shade * 2, style=Style(color=_color(weight), bgcolor=_color(0.0)))
+    return Text(shade * width, style=Style(color=_color(weight), bgcolor=_color(0.0)))
 
 
-def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Group:
-    """Source tokens across (written top-down), output tokens down; one cell per attention weight."""
-    assert weights.shape == (len(tgt_tokens), len(src_tokens)), (weights.shape, len(tgt_tokens), len(src_tokens))
+def _heatmap_table(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, width: int) -> Table:
     table = Table(box=None, padding=(0, 0), show_edge=False)
     table.add_column("", justify="right", no_wrap=True)
     for token in src_tokens:
-        table.add_column("\n".join(token[:12]), width=2, justify="center", vertical="bottom", no_wrap=True)
+        table.add_column("\n".join(token[:12]), width=width, justify="center", vertical="bottom", no_wrap=True)
     for token, row in zip(tgt_tokens, weights.tolist()):
-        table.add_row(Text(token + " ", style="bold"), *[_cell(w) for w in row])
+        table.add_row(Text(token + " ", style="bold"), *[_cell(w, width) for w in row])
+    return table
+
+
+def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: torch.Tensor, title: str) -> Group:
+    """Source tokens across (written top-down), output tokens down; one cell per attention weight, two
+    characters wide, or one where a long sentence would not fit the terminal that way."""
+    assert weights.shape == (len(tgt_tokens), len(src_tokens)), (weights.shape, len(tgt_tokens), len(src_tokens))
+    tables = [_heatmap_table(src_tokens, tgt_tokens, weights, width) for width in (2, 1)]
     legend = Text.assemble("weight ", *[(f" {SHADES[i] * 2} {i / (len(SHADES) - 1):.2g}", Style(
         color=_color(i / (len(SHADES) - 1)), bgcolor=_color(0.0))) for i in range(len(SHADES))])
-    return Group(Text(title, style="bold"), table, legend)
+    return Group(Text(title, style="bold"), Fit(*tables), legend)
 
 
 def alignment_line(report: AlignmentReport) -> str:
@@ -177,38 +252,88 @@ def _p_value(p: float | None) -> str:
     return f"{p:.4f}" + (" *" if p < 0.05 else "")
 
 
-def comparison_tables(result: Comparison) -> list[Table]:
-    """Scores with 95% confidence intervals and p-values against the first run; BLEU by source length."""
+def _numbers(table: Table, *names: str) -> None:
+    """Right-aligned columns that never wrap or shrink: a number is whole or the layout changes."""
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+
+
+def _score_cells(run: RunComparison, metric: str) -> tuple[str, str]:
+    s = run.scores
+    shown = s.mean[metric] if s.mean[metric] is not None else s.score[metric]
+    return _with_ci(shown, s.ci[metric]), _p_value(s.p_value[metric])
+
+
+def _facts_cells(run: RunComparison) -> list[str]:
+    seconds, speed = run.facts.get("train_seconds"), run.facts.get("tokens_per_s")
+    return [f"{run.facts['parameters']:,}", f"{seconds:,.0f}s" if seconds is not None else "?",
+            f"{speed:,.0f}" if speed else "?"]
+
+
+def _scores_layouts(result: Comparison) -> Fit:
+    """One row per run with every column; or, narrower, a row per run and metric, then the run facts."""
+    wide = Table()
+    wide.add_column("run")
+    wide.add_column("backend")
+    _numbers(wide, "BLEU", "p", "chrF2", "p", "TER", "p", "parameters", "train time", "tok/s")
+    for run in result.runs:
+        wide.add_row(run.name, run.backend, *[c for m in METRICS for c in _score_cells(run, m)], *_facts_cells(run))
+    narrow = Table()
+    narrow.add_column("run", overflow="fold")
+    narrow.add_column("metric", no_wrap=True)
+    _numbers(narrow, "mean ± 95% CI", "p")
+    for run in result.runs:
+        for metric, label, first in zip(METRICS, ("BLEU", "chrF2", "TER"), (run.name, run.backend, "")):
+            narrow.add_row(Text(first, style="" if first == run.name else "dim"), label, *_score_cells(run, metric),
+                           end_section=metric == METRICS[-1])
+    facts = Table()
+    facts.add_column("run", overflow="fold")
+    _numbers(facts, "parameters", "train time", "tok/s")
+    for run in result.runs:
+        facts.add_row(run.name, *_facts_cells(run))
+    return Fit(wide, Group(narrow, facts))
+
+
+def _length_layouts(result: Comparison) -> Fit:
+    """Buckets down and runs across; or runs down and buckets across; or one row per bucket and run."""
+    title, first = "BLEU by source length (words)", result.runs[0].buckets
+    bleu = [["-" if b.bleu is None else f"{b.bleu:.2f}" for b in run.buckets] for run in result.runs]
+    by_bucket = Table(title=title)
+    by_bucket.add_column("source words", no_wrap=True)
+    _numbers(by_bucket, "sentences", *[run.name for run in result.runs])
+    for i, bucket in enumerate(first):
+        by_bucket.add_row(bucket.label, str(bucket.sentences), *[row[i] for row in bleu])
+    by_run = Table(title=f"{title}; sentences in brackets")
+    by_run.add_column("run", overflow="fold")
+    _numbers(by_run, *[f"{b.label} ({b.sentences})" for b in first])
+    for run, row in zip(result.runs, bleu):
+        by_run.add_row(run.name, *row)
+    rows = Table(title=title)
+    rows.add_column("source words", no_wrap=True)
+    _numbers(rows, "sentences")
+    rows.add_column("run", overflow="fold")
+    _numbers(rows, "BLEU")
+    for i, bucket in enumerate(first):
+        for k, (run, row) in enumerate(zip(result.runs, bleu)):
+            rows.add_row(bucket.label if k == 0 else "", str(bucket.sentences) if k == 0 else "", run.name, row[i],
+                         end_section=k == len(result.runs) - 1)
+    return Fit(by_bucket, by_run, rows)
+
+
+def comparison_tables(result: Comparison) -> list[RenderableType]:
+    """Scores with 95% confidence intervals and p-values against the first run; BLEU by source length;
+    attention vs. gold alignments. Each in the widest layout that fits the terminal."""
     test = "paired bootstrap resampling" if result.test == "bs" else "approximate randomization"
     beam = f"beam {result.beam_size}" if result.beam_size else "each run's beam"
-    scores = Table(title=f"{result.test_set}: {result.sentences} sentences, {beam}; mean ± 95% CI, "
-                         f"p-value vs. {result.runs[0].name} ({test}, {result.samples} samples; * p < 0.05)")
-    for column in ("run", "backend", "BLEU", "p", "chrF2", "p", "TER", "p", "parameters", "train time", "tok/s"):
-        scores.add_column(column, justify="left" if column in ("run", "backend") else "right")
-    for run in result.runs:
-        s, facts = run.scores, run.facts
-        cells = []
-        for metric in ("bleu", "chrf", "ter"):
-            shown = s.mean[metric] if s.mean[metric] is not None else s.score[metric]
-            cells += [_with_ci(shown, s.ci[metric]), _p_value(s.p_value[metric])]
-        seconds = facts.get("train_seconds")
-        speed = facts.get("tokens_per_s")
-        scores.add_row(run.name, run.backend, *cells, f"{facts['parameters']:,}",
-                       f"{seconds:,.0f}s" if seconds is not None else "?", f"{speed:,.0f}" if speed else "?")
-    lengths = Table(title="BLEU by source length (words)")
-    lengths.add_column("source words")
-    lengths.add_column("sentences", justify="right")
-    for run in result.runs:
-        lengths.add_column(run.name, justify="right")
-    for i, bucket in enumerate(result.runs[0].buckets):
-        row = [run.buckets[i].bleu for run in result.runs]
-        lengths.add_row(bucket.label, str(bucket.sentences), *("-" if v is None else f"{v:.2f}" for v in row))
-    tables = [scores, lengths]
+    title = Text(f"{result.test_set}: {result.sentences} sentences, {beam}; mean ± 95% CI, "
+                 f"p-value vs. {result.runs[0].name} ({test}, {result.samples} samples; * p < 0.05)", style="italic")
+    tables: list[RenderableType] = [Group(title, _scores_layouts(result)), _length_layouts(result)]
     aligned = [run for run in result.runs if run.alignment]
     if aligned:
         table = Table(title="attention vs. gold alignments (argmax link per target word)")
-        for column in ("run", "attention", "map", "AER %", "accuracy %"):
-            table.add_column(column, justify="right" if "%" in column else "left")
+        for column in ("run", "attention", "map"):
+            table.add_column(column, overflow="fold" if column == "run" else "ellipsis")
+        _numbers(table, "AER %", "accuracy %")
         for run in aligned:
             report = run.alignment
             table.add_row(run.name, report.kind, report.main_label, f"{report.main.aer:.2f}",

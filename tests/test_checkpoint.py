@@ -1,5 +1,8 @@
 import os
 import pickle
+import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,32 +62,62 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, protocol):
+@pytest.mark.parametrize("writer", ["pickle-2", "pickle-highest", "torch.save"])
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, writer):
     marker = tmp_path / "pwned"
     payload = Payload()
     payload.marker = marker
     path = tmp_path / "evil.pt"
-    with path.open("wb") as f:
-        pickle.dump({"format": "mtcli-checkpoint-1", "model": payload}, f, protocol=protocol)
+    data = {"format": "mtcli-checkpoint-1", "model": payload}
+    if writer == "torch.save":
+        torch.save(data, path)
+    else:
+        with path.open("wb") as f:
+            pickle.dump(data, f, protocol=2 if writer == "pickle-2" else pickle.HIGHEST_PROTOCOL)
     pickle.loads(pickle.dumps(payload))  # the payload is live: plain unpickling would run it ...
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(CheckpointError, match="refused to load: not a checkpoint of tensors and plain data"):
+    with pytest.raises(CheckpointError, match=r"evil.pt: refused to load: it asks for posix.system, which is not "
+                                              r"tensors or plain data .*; mtcli never runs code from a checkpoint$"):
         load_checkpoint(path)
     assert not marker.exists()  # ... loading the checkpoint did not
 
 
 def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"empty.pt: not a readable checkpoint \(an empty file\)"):
         load_checkpoint(tmp_path / "empty.pt")
+    # bytes that are no pickle at all are damaged or foreign, not "code": torch's reason is kept
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable checkpoint: damaged, or not a file torch.save "
+                                              r"wrote \(Unsupported operand \d+\)$"):
         load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "random.pt").write_bytes(random.Random(1).randbytes(4096))
+    with pytest.raises(CheckpointError, match=r"random.pt: not a readable checkpoint: damaged, or not a file "
+                                              r"torch.save wrote \(Unsupported operand \d+\)$"):
+        load_checkpoint(tmp_path / "random.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"weights": torch.zeros(1000)}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint: damaged, or not a file torch.save "
+                                              r"wrote \(PytorchStreamReader failed "):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an mtcli checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_refused_checkpoint_is_one_line_on_stderr_without_torch_warnings(tmp_path):
+    """torch warns about the pickle protocol before it refuses (pytest's filter hides that: a real process)."""
+    path = tmp_path / "evil.pt"
+    payload = Payload()
+    payload.marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"model": payload}, protocol=pickle.HIGHEST_PROTOCOL))
+    out = subprocess.run([sys.executable, "-m", "mtcli", "evaluate", str(path)], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"error: {path}: refused to load: it asks for posix.system")
+    assert out.stderr.count("\n") == 1 and "Warning" not in out.stderr, out.stderr
+    assert not payload.marker.exists()
 
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path):

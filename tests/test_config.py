@@ -34,7 +34,7 @@ def test_empty_sections_mean_defaults(write_yaml):
 
 
 def test_config_is_frozen(write_yaml):
-    cfg = load_config(write_yaml({}))
+    cfg = load_config(write_yaml({"model": {"backend": "transformer"}}))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model.backend = "seq2seq"
 
@@ -58,6 +58,9 @@ def test_overrides_apply_with_types(write_yaml):
     assert cfg.data.toy.train_size == 50 and cfg.train.max_minutes == 2.0
 
 
+SOME = {"model": {"backend": "transformer"}}
+
+
 @pytest.mark.parametrize("data, overrides, message", [
     ({"model": {"backend": "transfomer"}}, [],
      "exp.yaml: model.backend: 'transfomer' is not one of seq2seq, attention, transformer"),
@@ -74,10 +77,16 @@ def test_overrides_apply_with_types(write_yaml):
      "exp.yaml: model.tie_embeddings: 'all' needs data.joint_vocab: true"),
     ({"model": {"backend": "attention", "embed_dim": 64, "hidden_dim": 128, "tie_embeddings": "decoder"}}, [],
      "exp.yaml: model.tie_embeddings: tying needs model.embed_dim == model.hidden_dim for RNN backends"),
-    ({}, ["train.lrr=1"], "--set: train.lrr: unknown key (did you mean 'lr'?)"),
-    ({}, ["train.lr.x=1"], "--set: train.lr: is a value, not a section"),
-    ({}, ["model.backend=rnn"], "exp.yaml: model.backend: 'rnn' is not one of seq2seq, attention, transformer"),
-    ({}, ["train.lr"], "--set train.lr: expected section.key=value"),
+    (SOME, ["train.lrr=1"], "--set: train.lrr: unknown key (did you mean 'lr'?)"),
+    (SOME, ["train.lr.x=1"], "--set: train.lr: is a value, not a section"),
+    (SOME, ["train.lr"], "--set train.lr: expected section.key=value"),
+    # a value given by --set is the override's mistake, not the file's: type, choice and range
+    (SOME, ["model.backend=rnn"], "--set: model.backend: 'rnn' is not one of seq2seq, attention, transformer"),
+    (SOME, ["train.lr=fast"], "--set: train.lr: expected a number, got 'fast'"),
+    (SOME, ["data.toy={sed: 3}"], "--set: data.toy.sed: unknown key (did you mean 'seed'?)"),
+    (SOME, ["train.keep_last=0"], "--set: train.keep_last: must be positive, got 0"),
+    (SOME, ["data.toy.max_len=2"], "--set: data.toy.max_len: must be at least data.toy.min_len (3)"),
+    ({"train": {"keep_last": 0}}, ["train.lr=0.1"], "exp.yaml: train.keep_last: must be positive, got 0"),
 ])
 def test_user_mistakes_give_one_line_naming_file_key_and_fix(write_yaml, data, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -90,6 +99,16 @@ def test_user_mistakes_give_one_line_naming_file_key_and_fix(write_yaml, data, o
 def test_missing_file_and_bad_yaml(tmp_path, write_yaml):
     with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
         load_config(tmp_path / "nope.yaml")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match=r"runs: is a folder, not a config file$"):
+        load_config(tmp_path / "runs")
+    (tmp_path / "runs" / "config.yaml").write_text("model:\n  backend: seq2seq\n")
+    with pytest.raises(ConfigError, match=r"runs: is a folder, not a config file \(a run folder\? its resolved "
+                                          r"config is .*runs/config.yaml\)"):
+        load_config(tmp_path / "runs")
+    for empty in ("", "# every line a comment\n", "{}\n"):  # an empty file would start a long default training
+        with pytest.raises(ConfigError, match="exp.yaml: the file is empty"):
+            load_config(write_yaml(empty))
     with pytest.raises(ConfigError, match=r"exp.yaml: line \d+: "):
         load_config(write_yaml("model:\n  backend: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a mapping of sections"):

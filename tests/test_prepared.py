@@ -250,7 +250,7 @@ def test_fine_tuning_starts_from_the_other_models_weights_with_a_fresh_optimizer
         assert torch.equal(value, weights[key]), key
     assert trainer.optimizer.state == {} and trainer.progress.step == 0  # fresh optimizer and schedule
     assert trainer.data.src_tokenizer.state() == read_checkpoint(base.run_path / LATEST)["tokenizers"]["src"]
-    assert any(n.startswith(f"initialised from {base.run_path}") for n in trainer.data.notes)
+    assert any(n.startswith(f"initialised from {base.run_path}") for n in trainer.notes)
     end = train(tuned)
     assert end.step == 30
     other = tiny_config("transformer", tmp_path / "other", model={"heads": 4},
