@@ -150,7 +150,7 @@ def _p_value(p: float | None) -> str:
 def comparison_tables(result: Comparison) -> list[Table]:
     """Scores with 95% confidence intervals and p-values against the first run; BLEU by source length."""
     test = "paired bootstrap resampling" if result.test == "bs" else "approximate randomization"
-    beam = f"beam {result.beam_size}" if result.beam_size else "each run's beam"
+    beam = result.search or (f"beam {result.beam_size}" if result.beam_size else "each run's decode settings")
     scores = Table(title=f"{result.test_set}: {result.sentences} sentences, {beam}; mean ± 95% CI, "
                          f"p-value vs. {result.runs[0].name} ({test}, {result.samples} samples; * p < 0.05)")
     for column in ("run", "backend", "BLEU", "p", "chrF2", "p", "TER", "p", "parameters", "train time", "tok/s"):
