@@ -80,7 +80,7 @@ def plan_batches(model: Backend, examples: list[Example], order: list[int], deco
         per_sentence = rows * (model.search_floats(src_len, out_len) + out_len * maps * src_len)
         if per_sentence > budget:
             raise MtcliError(f"decode.memory_mb: {rows} hypotheses of a {src_len}-token sentence with up to "
-                             f"{out_len} output tokens need about {per_sentence * 4 / 2 ** 20:,.0f} MB, more than "
+                             f"{out_len} output tokens need about {per_sentence * 4 / 2 ** 20:,.1f} MB, more than "
                              f"decode.memory_mb ({decode.memory_mb}); lower --beam / --n-best or --max-len, or "
                              "raise decode.memory_mb (--set decode.memory_mb=N)")
         if current and (len(current) >= decode.batch_size or (len(current) + 1) * per_sentence > budget):
