@@ -3,12 +3,14 @@ same sentences, alternating, medians; plus sampling and an ensemble of two besid
 
     git worktree add --detach /tmp/mtcli-base <commit>
     python benchmarks/decode_ab.py --baseline /tmp/mtcli-base --reps 5
+    python benchmarks/decode_ab.py --baseline /tmp/mtcli-base --threads 1 --clock cpu   # on a busy machine
 
 As `make bench` decodes at fixed length: the config's model with its initial weights (seed 1), the first
 --sents dev sentences, batches of 64, every output exactly 30 pieces (decode.min_len 30, the limit 31).
 The baseline package is imported first and renamed in sys.modules (mtcli_base...), then this checkout's
 mtcli is imported; both translate with the same tokenizers and with models holding the same weights.
-Prints one RESULT line per measurement: out tok/s and sentences/s medians, and new / baseline.
+Prints one RESULT line per measurement: out tok/s and sentences/s medians, and new / baseline. Outputs of
+the two may differ where the baseline chose PAD or BOS (a fresh model often does), which the search now bans.
 """
 
 from __future__ import annotations
@@ -57,30 +59,48 @@ def tokenizers(config: str, cache: Path):
     return tokenizer_from_state(states["src"]), tokenizer_from_state(states["tgt"])
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def timed(translate, texts: list[str]) -> tuple[float, list[list[str]]]:
-    start = time.perf_counter()
+    start = clock()
     results = translate(texts)
-    return time.perf_counter() - start, [r.tgt_pieces for r in results]
+    return clock() - start, [r.tgt_pieces for r in results]
 
 
 def compare(name: str, old_translator, new_translator, beam: int, texts: list[str], args) -> None:
-    """The baseline's and this checkout's translate, alternating which goes first, median seconds."""
+    """The baseline's and this checkout's translate on each batch of 64 sentences in turn, alternating which
+    goes first, so that both meet the same machine load: per repetition the total seconds of each, and the
+    median over all batches of old seconds / new seconds."""
     import functools
 
     translate = {"old": functools.partial(old_translator.translate, beam_size=beam), "new": new_translator.translate}
+    for which in translate:
+        timed(translate[which], texts[:64])  # warm-up, untimed
     runs: dict[str, list[float]] = {"old": [], "new": []}
-    outputs = {which: timed(translate[which], texts[:64]) for which in translate}  # warm-up, untimed
+    ratios, outputs = [], {"old": [], "new": []}
     for rep in range(args.reps):
-        for which in ("old", "new") if rep % 2 == 0 else ("new", "old"):
-            seconds, outputs[which] = timed(translate[which], texts)
-            runs[which].append(seconds)
+        totals = {"old": 0.0, "new": 0.0}
+        for start in range(0, len(texts), 64):
+            seconds = {}
+            for which in ("old", "new") if (rep + start // 64) % 2 == 0 else ("new", "old"):
+                seconds[which], pieces = timed(translate[which], texts[start: start + 64])
+                totals[which] += seconds[which]
+                if rep == 0:
+                    outputs[which] += pieces
+            ratios.append(seconds["old"] / seconds["new"])
+        for which, total in totals.items():
+            runs[which].append(total)
     tokens = sum(len(p) - 1 for p in outputs["new"])
     same = sum(a == b for a, b in zip(outputs["old"], outputs["new"]))
     old_s, new_s = statistics.median(runs["old"]), statistics.median(runs["new"])
     search = "greedy" if beam == 1 else f"beam{beam}"
-    print(f"RESULT kind=decode-ab config={name} search={search} precision={args.precision} "
+    print(f"RESULT kind=decode-ab config={name} search={search} precision={args.precision} threads={args.threads} "
+          f"clock={args.clock} "
           f"old_out_tok_s={tokens / old_s:.1f} new_out_tok_s={tokens / new_s:.1f} new_vs_old={old_s / new_s:.3f} "
-          f"same_outputs={same}/{len(texts)} old_runs={','.join(f'{s:.2f}' for s in runs['old'])} "
+          f"batch_ratio_median={statistics.median(ratios):.3f} same_outputs={same}/{len(texts)} "
+          f"old_runs={','.join(f'{s:.2f}' for s in runs['old'])} "
           f"new_runs={','.join(f'{s:.2f}' for s in runs['new'])}", flush=True)
 
 
@@ -94,7 +114,8 @@ def beside_beam(name: str, translators: dict, texts: list[str], args) -> None:
             runs[key].append(timed(translator.translate, texts)[0])
     for key, seconds in runs.items():
         median = statistics.median(seconds)
-        print(f"RESULT kind=decode config={name} search={key} precision={args.precision} "
+        print(f"RESULT kind=decode config={name} search={key} precision={args.precision} threads={args.threads} "
+              f"clock={args.clock} "
               f"sent_s={len(texts) / median:.1f} out_tok_s={len(texts) * 30 / median:.1f} "
               f"runs={','.join(f'{s:.2f}' for s in seconds)}", flush=True)
 
@@ -108,8 +129,12 @@ def main() -> None:
     parser.add_argument("--sents", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["ab", "others"], help="only the A/B, or only the other requests")
+    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
+                        help="wall seconds, or the process's CPU seconds (steadier on a busy machine, with 1 thread)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mtcli-decode-ab")
     args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     base = import_baseline(args.baseline.resolve())
     sys.path.insert(0, str(ROOT))
     import dataclasses

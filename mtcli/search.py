@@ -8,6 +8,7 @@ that beam search uses for its bookkeeping.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -53,13 +54,24 @@ def output_limits(src_mask: torch.Tensor, max_len: int, ratio: float) -> torch.T
 # ---------------------------------------------------------------- score processors
 
 
-@dataclass
 class Rows:
-    """What the score processors see of the rows being decoded at output position `t`."""
+    """What the score processors see of the rows being decoded at output position `t`: `limits` holds the
+    most output tokens of each group of `width` rows. The tensors are made only when a processor asks for
+    them: between a model's large operations, every small one costs far more than its arithmetic."""
 
-    t: int
-    tokens: torch.Tensor  # (rows, t) the tokens chosen so far
-    at_limit: torch.Tensor  # (rows,) bool, on the CPU: the row has reached its length limit and must end
+    def __init__(self, t: int, limits: list[int], width: int, tokens: Callable[[], torch.Tensor]):
+        self.t, self._limits, self._width, self._tokens = t, limits, width, tokens
+        self.any_at_limit = t + 1 >= min(limits)  # some row must end now
+
+    @functools.cached_property
+    def at_limit(self) -> torch.Tensor:
+        """(rows,) bool, on the CPU: the row has reached its length limit and must end."""
+        return torch.tensor([self.t + 1 >= limit for limit in self._limits]).repeat_interleave(self._width)
+
+    @functools.cached_property
+    def tokens(self) -> torch.Tensor:
+        """(rows, t) the tokens chosen so far."""
+        return self._tokens()
 
 
 Processor = Callable[[torch.Tensor, Rows], torch.Tensor]  # (log_probs (rows, V), rows) -> log_probs
@@ -79,8 +91,10 @@ def ban_specials(log_probs: torch.Tensor, rows: Rows) -> torch.Tensor:
 def min_length(n: int) -> Processor:
     def ban_eos(log_probs: torch.Tensor, rows: Rows) -> torch.Tensor:
         """No EOS before `n` tokens, except on rows at their length limit."""
-        if rows.t < n:
+        if rows.t < n and rows.any_at_limit:
             log_probs[:, EOS].masked_fill_(~rows.at_limit.to(log_probs.device), float("-inf"))
+        elif rows.t < n:
+            log_probs[:, EOS] = float("-inf")
         return log_probs
     return ban_eos
 
@@ -101,7 +115,7 @@ def no_repeat_ngram(n: int) -> Processor:
 
 def end_at_limit(log_probs: torch.Tensor, rows: Rows) -> torch.Tensor:
     """Rows at their length limit may only end: every token but EOS gets -inf."""
-    if not rows.at_limit.any():
+    if not rows.any_at_limit:
         return log_probs
     forced = torch.full_like(log_probs, float("-inf"))
     forced[:, EOS] = log_probs[:, EOS]
@@ -128,8 +142,7 @@ def _not_a_number(t: int) -> SearchError:
 
 class Strategy:
     """Chooses the next token of every row. A sentence has `width` rows (hypotheses or samples); rows that
-    finish become Hypotheses and leave the batch. Shared bookkeeping: the tokens, their log-probabilities
-    and (when asked for) attention of every live row."""
+    finish become Hypotheses and leave the batch."""
 
     width = 1
 
@@ -137,26 +150,23 @@ class Strategy:
         self.alpha, self.n_best = alpha, n_best
 
     def start(self, model: Backend, state: State, src: torch.Tensor, limits: torch.Tensor) -> State:
-        batch, device = src.size(0), src.device
-        self.limits, self.done = limits, False
-        self.sent = torch.arange(batch).repeat_interleave(self.width)  # original sentence of each row
-        self.prev = torch.full((batch * self.width,), BOS, dtype=torch.long, device=device)
-        self.tokens = torch.empty((batch * self.width, 0), dtype=torch.long, device=device)
-        self.lps = torch.empty((batch * self.width, 0), device=device)  # each chosen token's log-probability
+        batch, self.device = src.size(0), src.device
+        self.limits, self.done = limits.tolist(), False  # most output tokens of each sentence, EOS included
+        self.prev = torch.full((batch * self.width,), BOS, dtype=torch.long, device=self.device)
         self.maps: torch.Tensor | None = None  # (rows, t, K, S) attention so far
         self.finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
         if self.width > 1:
-            state = model.reorder(state, self.sent.to(device))
+            state = model.reorder(state, torch.arange(batch, device=self.device).repeat_interleave(self.width))
         return state
 
     def rows(self, t: int) -> Rows:
-        return Rows(t, self.tokens, t + 1 >= self.limits[self.sent])
+        raise NotImplementedError
 
-    def _extend(self, index: torch.Tensor | None, token: torch.Tensor, lp: torch.Tensor) -> None:
-        """Row r of the new history is row index[r] (all rows when None) of the old, extended by token[r]."""
-        old = (self.tokens, self.lps) if index is None else (self.tokens[index], self.lps[index])
-        self.tokens = torch.cat([old[0], token.unsqueeze(1)], dim=1)
-        self.lps = torch.cat([old[1], lp.unsqueeze(1).float()], dim=1)
+    def advance(self, log_probs: torch.Tensor, attention: torch.Tensor | None, t: int
+                ) -> tuple[torch.Tensor, bool] | None:
+        """Choose from the processed `log_probs` (rows, V). Returns the rows of the state to keep, in their
+        new order, and whether each stays within its sentence (None: the rows stay as they are)."""
+        raise NotImplementedError
 
     def _attend(self, attention: torch.Tensor | None) -> None:
         """Add this step's attention (rows, K, S) of every row to the history."""
@@ -166,7 +176,7 @@ class Strategy:
 
     def _hypothesis(self, tokens: list[int], lps: list[float], row: int, log_prob: float | None = None
                     ) -> Hypothesis:
-        """A finished row; `tokens` and `lps` end with its EOS."""
+        """A finished row; `tokens` and `lps` (each token's log-probability) end with its last token."""
         log_prob = math.fsum(lps) if log_prob is None else log_prob
         return Hypothesis(tokens[:-1], log_prob, log_prob / length_penalty(len(tokens), self.alpha),
                           None if self.maps is None else self.maps[row], lps)
@@ -176,15 +186,22 @@ class Strategy:
         return [sorted(hyps, key=lambda h: -h.score)[: self.n_best] or [Hypothesis([], -math.inf, -math.inf)]
                 for hyps in self.finished]
 
-    def advance(self, log_probs: torch.Tensor, attention: torch.Tensor | None, t: int
-                ) -> tuple[torch.Tensor, bool] | None:
-        """Choose from the processed `log_probs` (rows, V). Returns the rows of the state to keep, in their
-        new order, and whether each stays within its sentence (None: the rows stay as they are)."""
-        raise NotImplementedError
-
 
 class Paths(Strategy):
-    """Every row its own path until it ends: greedy search takes the most probable token."""
+    """Every row its own path until it ends: greedy search takes the most probable token. The paths are kept
+    as Python lists, which cost a step less than tensors (no sentence is reordered until a row ends)."""
+
+    def start(self, model: Backend, state: State, src: torch.Tensor, limits: torch.Tensor) -> State:
+        state = super().start(model, state, src, limits)
+        self.sent = [s for s in range(src.size(0)) for _ in range(self.width)]  # original sentence of each row
+        self.row_limits = [self.limits[s] for s in self.sent]
+        self.tokens: list[list[int]] = [[] for _ in self.sent]
+        self.lps: list[list[float]] = [[] for _ in self.sent]  # each chosen token's log-probability
+        return state
+
+    def rows(self, t: int) -> Rows:
+        return Rows(t, self.row_limits, 1, lambda: torch.tensor(self.tokens, dtype=torch.long,
+                                                                 device=self.device).view(len(self.tokens), t))
 
     def choose(self, log_probs: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probability, token) per row."""
@@ -193,28 +210,34 @@ class Paths(Strategy):
     def advance(self, log_probs: torch.Tensor, attention: torch.Tensor | None, t: int
                 ) -> tuple[torch.Tensor, bool] | None:
         lp, token = self.choose(log_probs, t)
-        self._extend(None, token, lp)
         self._attend(attention)
-        stop = (token == EOS) | ~torch.isfinite(lp)  # ended, or nothing allowed (-inf) or not a number
-        if not stop.any():
+        ended = []
+        for row, (tok, score) in enumerate(zip(token.tolist(), lp.tolist())):
+            self.tokens[row].append(tok)
+            self.lps[row].append(score)
+            if tok == EOS or not score > -math.inf:  # ended, or nothing allowed (-inf), or not a number
+                ended.append(row)
+        if not ended:
             self.prev = token
             return None
-        if lp.isnan().any():
+        if any(math.isnan(self.lps[row][-1]) for row in ended):
             raise _not_a_number(t)
-        ended = stop.nonzero().squeeze(1)
-        for row, tokens, lps in zip(ended.tolist(), self.tokens[ended].tolist(), self.lps[ended].tolist()):
-            self.finished[int(self.sent[row])].append(self._hypothesis(tokens, lps, row))
-        keep = (~stop).nonzero().squeeze(1)
-        if keep.numel() == 0:
+        for row in ended:
+            self.finished[self.sent[row]].append(self._hypothesis(self.tokens[row], self.lps[row], row))
+        gone = set(ended)
+        keep = [row for row in range(len(self.sent)) if row not in gone]
+        if not keep:
             self.done = True
             return None
-        self._keep(keep)
-        self.prev = token[keep]
-        return keep, False
+        index = torch.tensor(keep, device=self.device)
+        self._keep(keep, index)
+        self.prev = token[index]
+        return index, False
 
-    def _keep(self, keep: torch.Tensor) -> None:
-        self.tokens, self.lps, self.sent = self.tokens[keep], self.lps[keep], self.sent[keep.cpu()]
-        self.maps = None if self.maps is None else self.maps[keep]
+    def _keep(self, keep: list[int], index: torch.Tensor) -> None:
+        self.sent, self.row_limits = [self.sent[r] for r in keep], [self.row_limits[r] for r in keep]
+        self.tokens, self.lps = [self.tokens[r] for r in keep], [self.lps[r] for r in keep]
+        self.maps = None if self.maps is None else self.maps[index]
 
 
 class Sampling(Paths):
@@ -260,9 +283,9 @@ class Sampling(Paths):
         token = torch.searchsorted(cumulative, draw).squeeze(1).clamp_(max=logits.size(-1) - 1)
         return log_probs.gather(1, token.unsqueeze(1)).squeeze(1), token
 
-    def _keep(self, keep: torch.Tensor) -> None:
-        super()._keep(keep)
-        self.draws = self.draws[keep]
+    def _keep(self, keep: list[int], index: torch.Tensor) -> None:
+        super()._keep(keep, index)
+        self.draws = self.draws[index]
 
 
 class Beam(Strategy):
@@ -275,13 +298,17 @@ class Beam(Strategy):
 
     def start(self, model: Backend, state: State, src: torch.Tensor, limits: torch.Tensor) -> State:
         state = super().start(model, state, src, limits)
-        self.sent = torch.arange(src.size(0))  # here: the original sentence of each group of k rows
-        self.scores = torch.full((src.size(0), self.width), float("-inf"), device=src.device)
+        self.sent = list(range(src.size(0)))  # the original sentence of each group of k rows
+        self.sent_limits = list(self.limits)
+        rows = src.size(0) * self.width
+        self.tokens = torch.empty((rows, 0), dtype=torch.long, device=self.device)
+        self.lps = torch.empty((rows, 0), device=self.device)  # each chosen token's log-probability
+        self.scores = torch.full((src.size(0), self.width), float("-inf"), device=self.device)
         self.scores[:, 0] = 0.0  # all beams start identical: keep one
         return state
 
     def rows(self, t: int) -> Rows:
-        return Rows(t, self.tokens, (t + 1 >= self.limits[self.sent]).repeat_interleave(self.width))
+        return Rows(t, self.sent_limits, self.width, lambda: self.tokens)
 
     def _kth_best(self, sentence: int) -> float:
         """Score of the n_best-th best finished hypothesis; -inf while there are fewer."""
@@ -290,34 +317,41 @@ class Beam(Strategy):
 
     def advance(self, log_probs: torch.Tensor, attention: torch.Tensor | None, t: int
                 ) -> tuple[torch.Tensor, bool] | None:
-        n, k, vocab, device = self.scores.size(0), self.width, log_probs.size(-1), log_probs.device
+        n, k, vocab = self.scores.size(0), self.width, log_probs.size(-1)
         cand = (self.scores.unsqueeze(2) + log_probs.view(n, k, vocab)).view(n, k * vocab)
         top_scores, top_index = cand.topk(2 * k, dim=1)  # (n, 2k): at most k of them end in EOS; NaN first
         token_lp = log_probs.view(n, k * vocab).gather(1, top_index)
         origin, token = top_index // vocab, top_index % vocab
-        rows = torch.arange(n, device=device).unsqueeze(1) * k + origin  # (n, 2k) row each candidate extends
+        rows = torch.arange(n, device=self.device).unsqueeze(1) * k + origin  # (n, 2k) row each candidate extends
         is_eos = token == EOS
         alive_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # k best going on
         best, alive = torch.stack([top_scores[:, 0], alive_scores[:, 0]]).tolist()
         if any(math.isnan(x) for x in best):
             raise _not_a_number(t)
         self._attend(attention)
-        self._finish(is_eos[:, :k] & torch.isfinite(top_scores[:, :k]), rows, top_scores, token_lp, t)
+        self._finish(is_eos[:, :k] & torch.isfinite(top_scores[:, :k]), rows, top_scores, token_lp)
         # the best live hypothesis, scored as if it ended at the next step, against the n-best finished
-        keep = torch.tensor([a / length_penalty(t + 2, self.alpha) > self._kth_best(int(s))
-                             for s, a in zip(self.sent, alive)], device=device)
-        keep &= ~(t + 1 >= self.limits[self.sent]).to(device)
-        if not keep.any():
+        keep = [a / length_penalty(t + 2, self.alpha) > self._kth_best(s) and t + 1 < limit
+                for s, a, limit in zip(self.sent, alive, self.sent_limits)]
+        if not any(keep):
             self.done = True
             return None
-        chosen = rows.gather(1, pick)[keep].view(-1)  # (n'*k,) rows to continue, in the new order
-        self._extend(chosen, token.gather(1, pick)[keep].view(-1), token_lp.gather(1, pick)[keep].view(-1))
+        kept = torch.tensor(keep, device=self.device)
+        chosen = rows.gather(1, pick)[kept].view(-1)  # (n'*k,) rows to continue, in the new order
+        self._extend(chosen, token.gather(1, pick)[kept].view(-1), token_lp.gather(1, pick)[kept].view(-1))
         self.maps = None if self.maps is None else self.maps[chosen]
-        self.scores, self.sent, self.prev = alive_scores[keep], self.sent[keep.cpu()], self.tokens[:, -1]
-        return chosen, bool(keep.all())  # no sentence left: the sentence-level state stays
+        self.scores, self.prev = alive_scores[kept], self.tokens[:, -1]
+        self.sent = [s for s, go in zip(self.sent, keep) if go]
+        self.sent_limits = [limit for limit, go in zip(self.sent_limits, keep) if go]
+        return chosen, all(keep)  # no sentence left: the sentence-level state stays
 
-    def _finish(self, ends: torch.Tensor, rows: torch.Tensor, top_scores: torch.Tensor, token_lp: torch.Tensor,
-                t: int) -> None:
+    def _extend(self, index: torch.Tensor, token: torch.Tensor, lp: torch.Tensor) -> None:
+        """Row r of the new history is row index[r] of the old, extended by token[r]."""
+        self.tokens = torch.cat([self.tokens[index], token.unsqueeze(1)], dim=1)
+        self.lps = torch.cat([self.lps[index], lp.unsqueeze(1).float()], dim=1)
+
+    def _finish(self, ends: torch.Tensor, rows: torch.Tensor, top_scores: torch.Tensor, token_lp: torch.Tensor
+                ) -> None:
         """Candidates ending in EOS among the k best become finished hypotheses."""
         if not ends.any():
             return
@@ -326,7 +360,7 @@ class Beam(Strategy):
         for g, row, tokens, lps, lp, last in zip(where[0].tolist(), ended.tolist(), self.tokens[ended].tolist(),
                                                  self.lps[ended].tolist(), top_scores[where].tolist(),
                                                  token_lp[where].tolist()):
-            self.finished[int(self.sent[g])].append(self._hypothesis(tokens + [EOS], lps + [last], row, lp))
+            self.finished[self.sent[g]].append(self._hypothesis(tokens + [EOS], lps + [last], row, lp))
 
 
 STRATEGIES: dict[str, Callable[[DecodeConfig], Strategy]] = {
