@@ -73,14 +73,14 @@ RunArg = Annotated[str | None, typer.Argument(
 # decodes: each overrides one key of the run's decode section (experiments/reference.yaml lists them all)
 
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, show_default=False,
+    "--beam", min=1, metavar="N", show_default=False,
     help="Beam search with N hypotheses per sentence (1 = greedy search); default: the run's decode section.")]
 SamplingOpt = Annotated[bool, typer.Option(
     "--sampling", help="Sample the output instead of searching (decode.temperature, top_k, top_p, seed).")]
 LengthPenaltyOpt = Annotated[float | None, typer.Option(
     "--length-penalty", metavar="ALPHA", show_default=False,
     help="Rank by log-probability / ((5 + length) / 6) ** ALPHA (0 = plain log-probability).")]
-MaxLenOpt = Annotated[int | None, typer.Option("--max-len", min=1, show_default=False,
+MaxLenOpt = Annotated[int | None, typer.Option("--max-len", min=1, metavar="N", show_default=False,
                                                help="At most N output tokens.")]
 PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", metavar="fp32|bf16", show_default=False,
@@ -149,7 +149,7 @@ def train(
 @user_errors
 def evaluate(
     runs: Annotated[list[str] | None, typer.Argument(
-        metavar="[RUN]...", show_default=False,
+        metavar="RUN", show_default=False,
         help="Run folder or checkpoint file; default: the most recent run under runs/. Several: one ensemble "
              "(same vocabularies).")] = None,
     src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
@@ -195,24 +195,24 @@ def translate(
     text: Annotated[str | None, typer.Argument(help="A sentence to translate; else --input or stdin.",
                                                   show_default=False)] = None,
     checkpoints: Annotated[list[str] | None, typer.Option(
-        "--checkpoint", "-c", show_default=False,
+        "--checkpoint", "-c", metavar="RUN", show_default=False,
         help="Run folder or checkpoint; default: the latest run. Repeat it for an ensemble (same vocabularies).")
     ] = None,
     input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one sentence per line.")] = None,
     beam: BeamOpt = None,
     n_best: Annotated[int | None, typer.Option(
-        "--n-best", min=1, show_default=False,
+        "--n-best", min=1, metavar="N", show_default=False,
         help="Outputs per sentence: the N best of the beam, or N samples; each line starts with the input's "
              "line number.")] = None,
     sampling: SamplingOpt = False,
     temperature: Annotated[float | None, typer.Option("--temperature", metavar="T", show_default=False,
                                                       help="Sampling: < 1 sharper, > 1 flatter.")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", min=0, show_default=False,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=0, metavar="K", show_default=False,
                                               help="Sampling: from the K most probable tokens only.")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", metavar="P", show_default=False,
                                                 help="Sampling: from the smallest set of tokens with probability "
                                                      "P (nucleus).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", show_default=False,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", show_default=False,
                                              help="Sampling: the same seed gives the same samples.")] = None,
     no_repeat_ngram: Annotated[int | None, typer.Option(
         "--no-repeat-ngram", min=0, metavar="N", show_default=False,

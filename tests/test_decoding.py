@@ -278,3 +278,9 @@ def read_until(fd, end, seconds=60):
             if seen.endswith(end):
                 return seen
     return None
+
+
+def test_import_mtcli_stays_light_until_load():
+    code = "import sys, mtcli; print(sorted(m for m in ('torch', 'mtcli.api', 'mtcli.inference') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
