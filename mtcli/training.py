@@ -38,7 +38,7 @@ from mtcli.errors import (
 )
 from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
-from mtcli.loss import output_loss
+from mtcli.kernels.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
 from mtcli.models import Backend, build_model
 from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
