@@ -5,5 +5,5 @@ measurement that justifies it in its module docstring. They know nothing of back
   dropout.py    dropout, relu_dropout and the Dropout module: cheap CPU masks, ReLU + dropout in one step
   attention.py  attention(q, k, v, mask, causal): softmax(q k^T / sqrt(d)) v, fused kernel or plain products
 
-Each gives the value of its plain PyTorch formula (tests/test_kernels.py checks it against that formula).
+tests/test_kernels.py checks each against its plain PyTorch formula.
 """
