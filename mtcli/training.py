@@ -161,7 +161,7 @@ class Schedule:
 
 
 def batch_loss(model: Backend, batch: Batch, smoothing: float, net: torch.nn.Module | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the batch's real target tokens, fused with the output layer (mtcli.loss).
+    """Summed cross-entropy over the batch's real target tokens, fused with the output layer (mtcli.kernels.loss).
 
     `net` runs the forward pass when it is not the model itself (the DistributedDataParallel wrapper)."""
     hidden = (net or model)(batch.src, batch.src_mask, batch.tgt_in, features_only=True)  # (B, T, D)
