@@ -137,13 +137,14 @@ class SentencePieceTokenizer:
 
     @functools.cached_property
     def merged(self) -> dict[str, int]:
-        """Piece -> id of the pieces a BPE merge may produce (not the specials)."""
+        """Piece -> id of the ordinary pieces (not the specials): what a BPE merge may produce."""
         return {self.sp.id_to_piece(i): i for i in range(self.vocab_size)
                 if not (self.sp.is_unknown(i) or self.sp.is_control(i) or self.sp.is_unused(i))}
 
     def _bpe_dropout(self, text: str, alpha: float, rng: np.random.Generator) -> list[int]:
         """sentencepiece's BPE encoding (best-scored adjacent pair merged first, leftmost among equals),
-        each merge skipped with probability alpha; with alpha 0 it gives sentencepiece's own segmentation."""
+        each merge skipped with probability alpha. With alpha 0 it is sentencepiece's own segmentation for
+        the models mtcli trains (no user-defined or unused pieces, no byte fallback)."""
         symbols = list(self.sp.normalize(text))
         after = list(range(1, len(symbols))) + [-1]
         before = list(range(-1, len(symbols) - 1))
