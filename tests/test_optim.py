@@ -10,7 +10,7 @@ from mtcli.config import TrainConfig
 from mtcli.errors import ConfigError
 from mtcli.optim import SCHEDULES, Schedule
 from mtcli.training import Callback, Trainer, dev_loss, train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_dict
 from tests.test_resume import SignalAt, assert_same_weights, weights
 
 
@@ -181,3 +181,14 @@ def test_resuming_with_another_optimizer_or_other_groups_is_one_line(tmp_path):
 def test_bad_optimizer_settings_are_config_errors(train_keys, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config("seq2seq", train=train_keys)
+
+
+def test_the_cli_names_the_choices_of_a_misspelt_optimizer_or_schedule(tmp_path, write_yaml):
+    from tests.test_cli import invoke, one_line_error
+
+    config = write_yaml(tiny_dict("seq2seq", tmp_path / "run"))
+    one_line_error(invoke("train", config, "--set", "train.optimizer=lion"),
+                   "error: --set: train.optimizer: 'lion' is not one of adam, adamw, sgd")
+    one_line_error(invoke("train", config, "--set", "train.scheduler=cosin"),
+                   "train.scheduler: 'cosin' is not one of constant, inverse_sqrt, noam, cosine, plateau")
+    assert not (tmp_path / "run").exists()  # refused before anything was prepared or written
