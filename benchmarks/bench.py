@@ -26,6 +26,7 @@ Every figure is the median of --reps repetitions; one `RESULT tool=mtcli kind=..
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import resource
@@ -140,11 +141,11 @@ def decode_child(args: argparse.Namespace) -> dict:
         split = load_split(bundle.config.data, "test")
         texts, refs = split.src, split.tgt
         decode = DecodeConfig(**{**vars(bundle.config.decode), "batch_size": 64, "precision": args.precision[0]})
-    translator = Translator(model, src_tok, tgt_tok, decode)
+    translator = Translator(model, src_tok, tgt_tok, dataclasses.replace(decode, strategy="beam", beam_size=args.beam))
     seconds, outputs = [], None
     for _ in range(args.reps):
         start = time.perf_counter()
-        outputs = translator.translate(texts, beam_size=args.beam)
+        outputs = translator.translate(texts)
         seconds.append(time.perf_counter() - start)
     lengths = [len(t.tgt_pieces) - 1 for t in outputs]  # output pieces, EOS not counted
     record = {"seconds": seconds, "sentences": len(texts), "out_tokens": sum(lengths),

@@ -15,9 +15,11 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from mtcli.checkpoint import Bundle
+from mtcli.config import DecodeConfig
 from mtcli.data.batching import collate, make_example
 from mtcli.data.corpus import ParallelText
 from mtcli.errors import MtcliError
+from mtcli.inference import describe, translator
 
 METRICS = ("bleu", "chrf", "ter")
 DEFAULT_SAMPLES = {"bs": 1000, "ar": 10000}  # sacrebleu's own defaults, stated here so reports can say them
@@ -113,7 +115,7 @@ def forced_attention(bundle: Bundle, data: ParallelText, batch_size: int = 64) -
     out: list[torch.Tensor] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        batch = collate(chunk, list(range(len(chunk)))).to(device)
+        batch = collate(chunk).to(device)
         if hasattr(model, "attention_maps"):  # the Transformer: one teacher-forced pass, all positions at once
             cross = model.attention_maps(batch.src, batch.src_mask, batch.tgt_in)["cross"]  # (B, L, H, T, S)
             maps = cross.permute(0, 3, 1, 2, 4).flatten(2, 3).float().cpu()  # (B, T + 1, L * H, S)
@@ -259,14 +261,16 @@ class RunComparison:
 class Comparison:
     test_set: str
     sentences: int
-    beam_size: int | None  # None: each run's own config
+    beam_size: int | None  # the beam every run searched with; None: not one beam for all
     test: str  # bs | ar
     samples: int
     signatures: dict[str, str]
     runs: list[RunComparison]
+    search: str = ""  # 'beam 5', 'greedy', ... or "each run's decode settings"
 
     def as_dict(self) -> dict:
         return {"test_set": self.test_set, "sentences": self.sentences, "beam_size": self.beam_size,
+                "search": self.search,
                 "significance_test": self.test, "samples": self.samples, "signatures": self.signatures,
                 "runs": [{"name": r.name, "backend": r.backend, **r.facts,
                           **{m: {"score": r.scores.score[m], "mean": r.scores.mean[m], "ci95": r.scores.ci[m],
@@ -281,20 +285,24 @@ def backend_label(bundle: Bundle) -> str:
     return f"attention ({model.attention})" if model.backend == "attention" else model.backend
 
 
-def compare_runs(bundles: list[Bundle], data: ParallelText, beam_size: int | None = None, test: str = "bs",
-                 samples: int = 0, bucket_width: int = 10) -> Comparison:
-    """Translate `data` with every run; scores with confidence intervals and paired significance against
-    the first run, BLEU by source length, and attention-vs-gold alignment where the data has gold links."""
-    from mtcli.evaluation import translator
-
+def compare_runs(bundles: list[Bundle], data: ParallelText, decodes: list[DecodeConfig] | None = None,
+                 test: str = "bs", samples: int = 0, bucket_width: int = 10) -> Comparison:
+    """Translate `data` with every run (each with its decode request; default: its own decode section); scores
+    with confidence intervals and paired significance against the first run, BLEU by source length, and
+    attention-vs-gold alignment where the data has gold links."""
+    decodes = decodes or [b.config.decode for b in bundles]
     names = [run_name(b) for b in bundles]
     if len(set(names)) < len(names):
         names = [str(b.path) for b in bundles]
-    outputs = [[t.text for t in translator(b).translate(data.src, beam_size)] for b in bundles]
+    outputs = [[t.text for t in translator(b, d).translate(data.src)] for b, d in zip(bundles, decodes)]
     scores, signatures = paired_significance(list(zip(names, outputs)), data.tgt, test, samples)
     runs = [RunComparison(name, backend_label(b), run_facts(b), score, length_buckets(data.src, out, data.tgt,
                                                                                       bucket_width),
                           alignment_report(b, data))
             for name, b, out, score in zip(names, bundles, outputs, scores)]
     used = samples or DEFAULT_SAMPLES[test]
-    return Comparison(data.name, len(data), beam_size, test, used, signatures, runs)
+    searches = {describe(d) for d in decodes}
+    search = searches.pop() if len(searches) == 1 else "each run's decode settings"
+    beams = {d.beam_size if d.strategy == "beam" else 1 for d in decodes}
+    beam = beams.pop() if len(beams) == 1 and len(searches) <= 1 else None
+    return Comparison(data.name, len(data), beam, test, used, signatures, runs, search)

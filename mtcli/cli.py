@@ -5,6 +5,7 @@ User mistakes (MtcliError, bad options) are printed as one line on stderr with e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -20,14 +21,18 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from mtcli.distributed import world_from_env
 from mtcli.errors import MtcliError, ReportedElsewhere
 from mtcli.files import check_output_file, check_output_folder
 
 if TYPE_CHECKING:
     from mtcli.checkpoint import Bundle
+    from mtcli.config import DecodeConfig
 
-# Typer's usage errors derive from click's ClickException (vendored inside Typer in recent releases)
-ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+try:  # Typer's usage errors derive from click's ClickException: vendored in Typer >= 0.20, a dependency before
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 
 
 class PlainArgument(TyperArgument):
@@ -157,47 +162,68 @@ def user_errors(command: Callable) -> Callable:
             message = str(exc)
         except OSError as exc:  # a file operation without its own message: still one line, naming the file
             message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
-        rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
-        typer.echo(f"error: {message}" if rank == "0" else f"error (rank {rank}): {message}", err=True)
+        world = world_from_env()  # under torchrun, say which process it was
+        typer.echo(f"error: {message}" if world.main else f"error (rank {world.rank}): {message}", err=True)
         raise typer.Exit(1)
     return wrapper
 
 
 def acknowledge_stop(name: str) -> None:
     """Said at once when SIGINT/SIGTERM arrives during training (rank 0 speaks for all processes)."""
-    if os.environ.get("RANK", "0") == "0":
+    if world_from_env().main:
         os.write(2, f"\n{name}: stopping after the update or validation under way, with a final "
                     "checkpoint\n".encode())
 
 
 RunArg = Annotated[str | None, typer.Argument(
     metavar="RUN", help="Run folder or checkpoint file; default: the most recent run under runs/.", show_default=False)]
+
+# ---------------------------------------------------------------- decoding options, alike on every command that
+# decodes: each overrides one key of the run's decode section (experiments/reference.yaml lists them all)
+
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, metavar="N", help="Beam size (1 = greedy); default: the config's.")]
-
-
+    "--beam", min=1, metavar="N", show_default=False,
+    help="Beam search with N hypotheses per sentence (1 = greedy search); default: the run's decode section.")]
+SamplingOpt = Annotated[bool, typer.Option(
+    "--sampling", help="Sample the output instead of searching (decode.temperature, top_k, top_p, seed).")]
+LengthPenaltyOpt = Annotated[float | None, typer.Option(
+    "--length-penalty", metavar="ALPHA", show_default=False,
+    help="Rank by log-probability / ((5 + length) / 6) ** ALPHA (0 = plain log-probability).")]
+MaxLenOpt = Annotated[int | None, typer.Option("--max-len", min=1, metavar="N", show_default=False,
+                                               help="At most N output tokens.")]
 PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", metavar="fp32|bf16", show_default=False,
     help="Search in fp32 or under bf16 autocast (faster on CPUs with AVX-512 BF16); default: the config's.")]
+DecodeSetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="decode.KEY=VALUE", show_default=False,
+    help="Override any key of the run's decode section (repeatable), e.g. --set decode.min_len=3.")]
 
 
-def load(target: str | None, announce: bool = True, precision: str | None = None) -> Bundle:
-    """The checkpoint of a run folder or file; with none given, the newest run's (and say which).
-    `precision` overrides the stored decode.precision."""
-    import dataclasses
-
-    from mtcli.checkpoint import load_checkpoint, resolve_checkpoint
+def decode_for(bundle: Bundle, overrides: list[str] | None, precision: str | None, **options: Any) -> DecodeConfig:
+    """The run's decode section with this command line's overrides."""
+    from mtcli.inference import decode_request
 
     if precision not in (None, "fp32", "bf16"):
         raise MtcliError(f"--precision: expected fp32 or bf16, got {precision!r}")
+    return decode_request(bundle.config.decode, "command line", overrides=overrides or [], precision=precision,
+                          **options)
+
+
+def load(target: str | None, announce: bool = True) -> Bundle:
+    """The checkpoint of a run folder or file; with none given, the newest run's (and say which)."""
+    from mtcli.checkpoint import load_checkpoint, resolve_checkpoint
+
     path = resolve_checkpoint(target)
     if target is None and announce:
         stderr.print(f"using {path}", style="dim", soft_wrap=True)
-    bundle = load_checkpoint(path)
-    if precision is not None:
-        decode = dataclasses.replace(bundle.config.decode, precision=precision)
-        bundle = dataclasses.replace(bundle, config=dataclasses.replace(bundle.config, decode=decode))
-    return bundle
+    return load_checkpoint(path)
+
+
+def load_models(targets: list[str] | None, announce: bool = True) -> Bundle:
+    """One checkpoint, or several decoding as one ensemble."""
+    from mtcli.inference import ensemble
+
+    return ensemble([load(target, announce) for target in targets or [None]])
 
 
 @app.command(cls=Command)
@@ -226,7 +252,7 @@ def train(
         display.close()  # the live progress bar ends before any error line
     if end.reason == "interrupted":
         saved = f"saved {end.saved}" if end.saved else "nothing saved yet"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 saved and speaks for all
+        if world_from_env().main:  # under torchrun: rank 0 saved and speaks for all
             stderr.print(f"stopped by {end.signal or 'an interrupt'} at step {end.step}: {saved}; "
                          "run the same command to resume", soft_wrap=True)
         raise typer.Exit(143 if end.signal == "SIGTERM" else 130)
@@ -235,13 +261,20 @@ def train(
 @app.command(cls=Command)
 @user_errors
 def evaluate(
-    run: RunArg = None,
+    runs: Annotated[list[str] | None, typer.Argument(
+        metavar="RUN", show_default=False,
+        help="Run folder or checkpoint file; default: the most recent run under runs/. Several: one ensemble "
+             "(same vocabularies).")] = None,
     src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
     ref: Annotated[Path | None, typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
     beam: BeamOpt = None,
+    sampling: SamplingOpt = False,
+    length_penalty: LengthPenaltyOpt = None,
+    max_len: MaxLenOpt = None,
+    precision: PrecisionOpt = None,
+    overrides: DecodeSetOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the translations here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    precision: PrecisionOpt = None,
 ) -> None:
     """Score a model with sacreBLEU (BLEU, chrF, TER, with signatures); default: the config's test set."""
     from mtcli.evaluation import evaluate as run_evaluation
@@ -250,8 +283,10 @@ def evaluate(
 
     if output is not None:
         check_output_file(output)  # before the decoding, not after it
-    bundle = load(run, announce=not as_json, precision=precision)
-    result = run_evaluation(bundle, test_set(bundle, src, ref), beam)
+    bundle = load_models(runs, announce=not as_json)
+    decode = decode_for(bundle, overrides, precision, beam=beam, sampling=sampling, length_penalty=length_penalty,
+                        max_len=max_len)
+    result = run_evaluation(bundle, test_set(bundle, src, ref), decode)
     if output is not None:
         from mtcli.files import atomic_write_text
 
@@ -260,7 +295,7 @@ def evaluate(
         typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
         return
     title = (f"{result.checkpoint} on {result.test_set}: {result.sentences} sentences, "
-             f"beam {result.beam_size}, {result.precision}, {result.seconds:.1f}s")
+             f"{result.search}, {result.precision}, {result.seconds:.1f}s")
     stdout.print(scores_table(result.scores, title))
     if result.alignment is not None:
         from mtcli.ui import alignment_line
@@ -268,32 +303,125 @@ def evaluate(
         stdout.print(alignment_line(result.alignment), soft_wrap=True)
 
 
+CHUNK_LINES = 1024  # lines of a file or a fast pipe sorted by length and translated together
+
+
 @app.command(cls=Command)
 @user_errors
 def translate(
     text: Annotated[str | None, typer.Argument(metavar="TEXT", help="A sentence to translate; else --input or stdin.",
                                                   show_default=False)] = None,
-    checkpoint: Annotated[str | None, typer.Option(
-        "--checkpoint", "-c", help="Run folder or checkpoint; default: the latest run.")] = None,
+    checkpoints: Annotated[list[str] | None, typer.Option(
+        "--checkpoint", "-c", metavar="RUN", show_default=False,
+        help="Run folder or checkpoint; default: the latest run. Repeat it for an ensemble (same vocabularies).")
+    ] = None,
     input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one sentence per line.")] = None,
     beam: BeamOpt = None,
+    n_best: Annotated[int | None, typer.Option(
+        "--n-best", min=1, metavar="N", show_default=False,
+        help="Outputs per sentence: the N best of the beam, or N samples; each line starts with the input's "
+             "line number.")] = None,
+    sampling: SamplingOpt = False,
+    temperature: Annotated[float | None, typer.Option("--temperature", metavar="T", show_default=False,
+                                                      help="Sampling: < 1 sharper, > 1 flatter.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=0, metavar="K", show_default=False,
+                                              help="Sampling: from the K most probable tokens only.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", metavar="P", show_default=False,
+                                                help="Sampling: from the smallest set of tokens with probability "
+                                                     "P (nucleus).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", show_default=False,
+                                             help="Sampling: the same seed gives the same samples.")] = None,
+    no_repeat_ngram: Annotated[int | None, typer.Option(
+        "--no-repeat-ngram", min=0, metavar="N", show_default=False,
+        help="No N-gram twice in an output.")] = None,
+    length_penalty: LengthPenaltyOpt = None,
+    max_len: MaxLenOpt = None,
     precision: PrecisionOpt = None,
+    overrides: DecodeSetOpt = None,
+    scores: Annotated[bool, typer.Option(
+        "--scores", help="Add tab-separated columns: the score (log-probability / length penalty) and the "
+                         "log-probability.")] = False,
+    token_scores: Annotated[bool, typer.Option("--token-scores", help="Also each token's log-probability.")] = False,
+    alignment: Annotated[bool, typer.Option(
+        "--alignment", help="Add the word alignment from the attention, as Pharaoh i-j links.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object per input line (JSON Lines): outputs, scores, tokens.")] = False,
+    score_ref: Annotated[Path | None, typer.Option(
+        "--score-ref", metavar="FILE", show_default=False,
+        help="Instead of translating, score these translations (one per input line): log-probability and "
+             "perplexity.")] = None,
 ) -> None:
-    """Translate a sentence, a file or stdin, one output line per input line."""
-    from mtcli.data.corpus import read_lines, split_lines
-    from mtcli.evaluation import translator
+    """Translate a sentence, a file or stdin, one output line per input line: lines are translated and
+    written as they arrive, so it works in a pipe, and at a terminal it reads lines until Ctrl-D."""
+    from mtcli import inputs
+    from mtcli.inference import translator
 
+    if text is not None and input_file is not None:
+        raise MtcliError("give a sentence or --input FILE, not both")
     if text is not None:
-        lines = [text]
+        source = iter([[inputs.argument_text(text)]])
     elif input_file is not None:
-        lines = read_lines(input_file)
-    elif not sys.stdin.isatty():
-        lines = split_lines(sys.stdin.read())
+        source = inputs.chunks(inputs.file_lines(input_file), CHUNK_LINES)
     else:
-        raise MtcliError("nothing to translate: give a sentence, --input FILE, or lines on stdin")
-    bundle = load(checkpoint, precision=precision)
-    for result in translator(bundle).translate(lines, beam):
-        typer.echo(result.text)
+        prompt = (lambda: (sys.stderr.write("> "), sys.stderr.flush())) if sys.stdin.isatty() else None
+        source = inputs.stream_chunks(inputs.binary_stdin(sys.stdin), "stdin", CHUNK_LINES, prompt)
+    bundle = load_models(checkpoints)
+    decode = decode_for(bundle, overrides, precision, beam=beam, sampling=sampling, n_best=n_best,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        no_repeat_ngram_size=no_repeat_ngram, length_penalty=length_penalty, max_len=max_len)
+    if alignment and not bundle.model.has_attention:
+        raise MtcliError(f"--alignment: the {bundle.config.model.backend} backend has no attention to align with")
+    shown = {"scores": scores, "token_scores": token_scores, "alignment": alignment}
+    with _output_closed_quietly():
+        if score_ref is None:
+            _write_translations(translator(bundle, decode), source, decode.n_best, as_json, shown)
+        else:
+            _write_reference_scores(translator(bundle, decode), source, score_ref, as_json, token_scores)
+
+
+def _emit(lines: list[str]) -> None:
+    """Write and flush: in a pipe, each chunk's translations go out as soon as they are made."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _output_closed_quietly() -> Any:
+    """A reader that stops early (`| head`) ends the command quietly, as Ctrl-C does at a terminal."""
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise typer.Exit(0) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _write_translations(translating: Any, source: Any, n_best: int, as_json: bool, shown: dict[str, bool]) -> None:
+    from mtcli.inference import json_line, text_lines
+
+    number = 0
+    for chunk in source:
+        lines = []
+        for result in translating.translate(chunk, alignment=shown["alignment"]):
+            number += 1
+            lines += [json_line(result, number)] if as_json else text_lines(result, number, n_best, **shown)
+        _emit(lines)
+
+
+def _write_reference_scores(translating: Any, source: Any, path: Path, as_json: bool, token_scores: bool) -> None:
+    from mtcli.errors import DataError
+    from mtcli.inference import json_line, reference_line
+    from mtcli.inputs import file_lines
+
+    sources = [line for chunk in source for line in chunk]
+    references = file_lines(path)
+    if len(references) != len(sources):
+        raise DataError(f"{path}: {len(references)} lines, but the input has {len(sources)}: "
+                        "give one reference per input line")
+    results = translating.score(sources, references)
+    _emit([json_line(r, i, s) if as_json else reference_line(r, token_scores)
+           for i, (s, r) in enumerate(zip(sources, results), start=1)])
 
 
 @app.command(cls=Command)
@@ -308,6 +436,11 @@ def visualize(
         "--output", "-o",
         help="Also save a figure (.png/.svg/.pdf); with --all: the folder for the figures.")] = None,
     beam: BeamOpt = None,
+    sampling: SamplingOpt = False,
+    length_penalty: LengthPenaltyOpt = None,
+    max_len: MaxLenOpt = None,
+    precision: PrecisionOpt = None,
+    overrides: DecodeSetOpt = None,
     layer: Annotated[int | None, typer.Option(min=1, help="Transformer: decoder layer (default: last).")] = None,
     head: Annotated[int | None, typer.Option(min=1, help="Transformer: one head (default: mean of heads).")] = None,
     grid: Annotated[str | None, typer.Option(
@@ -354,7 +487,9 @@ def visualize(
         sentences = dev_sentences(bundle, all_dev)
     else:
         sentences = [default_sentence(bundle) if sentence is None else sentence]
-    views = attention_views(bundle, sentences, beam, layer, head, grid)
+    decode = decode_for(bundle, overrides, precision, beam=beam, sampling=sampling, length_penalty=length_penalty,
+                        max_len=max_len)
+    views = attention_views(bundle, sentences, decode, layer, head, grid)
     from mtcli.plots import save_figure, view_figure
 
     if all_dev is not None:
@@ -385,6 +520,11 @@ def compare(
     src: Annotated[Path | None, typer.Option("--src", help="Source file (one sentence per line).")] = None,
     ref: Annotated[Path | None, typer.Option("--ref", help="Reference file, line-parallel to --src.")] = None,
     beam: BeamOpt = None,
+    sampling: SamplingOpt = False,
+    length_penalty: LengthPenaltyOpt = None,
+    max_len: MaxLenOpt = None,
+    precision: PrecisionOpt = None,
+    overrides: DecodeSetOpt = None,
     test: Annotated[str, typer.Option("--test", metavar="bs|ar", help="Paired test: bs (bootstrap resampling) "
                                                                      "or ar (approximate randomization).")] = "bs",
     samples: Annotated[int, typer.Option("--samples", min=0, help="Resamples or trials; 0 = sacrebleu's "
@@ -412,7 +552,9 @@ def compare(
             if test_set(bundle, None, None).tgt != data.tgt:
                 raise MtcliError(f"{bundle.path}: its config's test set differs from {bundles[0].path}'s; "
                                  "give --src and --ref to compare them on one test set")
-    result = compare_runs(bundles, data, beam, test, samples, bucket_width)
+    decodes = [decode_for(b, overrides, precision, beam=beam, sampling=sampling, length_penalty=length_penalty,
+                          max_len=max_len) for b in bundles]
+    result = compare_runs(bundles, data, decodes, test, samples, bucket_width)
     if output is not None:
         from mtcli.plots import save_length_figure
 
@@ -434,6 +576,11 @@ def report(
     run: RunArg = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file; default: RUN/report.html.")] = None,
     beam: BeamOpt = None,
+    sampling: SamplingOpt = False,
+    length_penalty: LengthPenaltyOpt = None,
+    max_len: MaxLenOpt = None,
+    precision: PrecisionOpt = None,
+    overrides: DecodeSetOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Sample translations with heatmaps.")] = 3,
 ) -> None:
     """Write one self-contained HTML report of a run: config, environment, data hashes, scores with
@@ -443,7 +590,9 @@ def report(
     if output is not None:
         check_output_file(output)
     bundle = load(run)
-    path = write_report(bundle, output or check_output_file(bundle.path.parent / "report.html"), beam, samples)
+    decode = decode_for(bundle, overrides, precision, beam=beam, sampling=sampling, length_penalty=length_penalty,
+                        max_len=max_len)
+    path = write_report(bundle, output or check_output_file(bundle.path.parent / "report.html"), decode, samples)
     stdout.print(f"wrote {path}", soft_wrap=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -124,14 +125,27 @@ class TrainConfig:
     keep_best: int = 1
 
 
+MAX_WIDTH = 256  # most hypotheses per sentence (beam size, n-best, samples): beam search rarely gains past 10
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
+    """A decode request: how tokens are chosen (search/mtcli.search) and what may be chosen."""
+
+    strategy: Literal["beam", "greedy", "sampling"] = "beam"
     beam_size: int = 5
+    n_best: int = 1
     length_penalty: float = 0.6
     max_len: int = 200
     max_len_ratio: float = 2.0
     min_len: int = 0
+    no_repeat_ngram_size: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 1
     batch_size: int = 64
+    memory_mb: int = 1024
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
@@ -349,8 +363,69 @@ def _validate(cfg: ExperimentConfig, source: str, overridden: tuple[str, ...] = 
         fail("data.toy.max_len", f"must be at least data.toy.min_len ({cfg.data.toy.min_len})")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
         fail("train.device", f"{cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if cfg.train.valid_beam_size > MAX_WIDTH:
+        fail("train.valid_beam_size", f"{cfg.train.valid_beam_size} is more than {MAX_WIDTH}, the most "
+             "hypotheses mtcli searches with")
+    check_decode(cfg.decode, fail)
     _check_updates(cfg.train, fail)
     _check_sampling(cfg.data, fail)
+
+
+def check_decode(decode: DecodeConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+    """The decode section's ranges, and the keys that must agree (n-best within the beam); `fail(key,
+    message)` reports a mistake."""
+    for key in ("beam_size", "n_best"):
+        value = getattr(decode, key)
+        if not 1 <= value <= MAX_WIDTH:
+            fail(f"decode.{key}", f"{value} is outside 1..{MAX_WIDTH} (the most hypotheses per sentence "
+                 "mtcli searches with; beam search rarely gains past 10)")
+    if decode.strategy == "beam" and decode.n_best > decode.beam_size:
+        fail("decode.n_best", f"{decode.n_best} is more than decode.beam_size ({decode.beam_size}): "
+             "beam search finds at most beam_size hypotheses")
+    if decode.strategy == "greedy" and decode.n_best > 1:
+        fail("decode.n_best", f"{decode.n_best}: greedy search finds one hypothesis (use beam search "
+             "or sampling for more)")
+    for key, value in {"length_penalty": decode.length_penalty, "temperature": decode.temperature,
+                       "top_p": decode.top_p, "max_len_ratio": decode.max_len_ratio}.items():
+        if not math.isfinite(value):
+            fail(f"decode.{key}", f"must be a finite number, got {value}")
+    if decode.temperature <= 0:
+        fail("decode.temperature", f"must be positive, got {decode.temperature}")
+    if not 0 < decode.top_p <= 1:
+        fail("decode.top_p", f"must be in (0, 1], got {decode.top_p}")
+    for key in ("max_len", "batch_size", "memory_mb"):
+        if getattr(decode, key) <= 0:
+            fail(f"decode.{key}", f"must be positive, got {getattr(decode, key)}")
+    if decode.max_len_ratio <= 0:
+        fail("decode.max_len_ratio", f"must be positive, got {decode.max_len_ratio}")
+    for key in ("min_len", "top_k", "no_repeat_ngram_size"):
+        if getattr(decode, key) < 0:
+            fail(f"decode.{key}", f"must be zero or positive, got {getattr(decode, key)}")
+
+
+def decode_with(decode: DecodeConfig, values: dict[str, Any], source: str) -> DecodeConfig:
+    """`decode` with the keys of `values` replaced, typed and checked as in a config file."""
+    data = dataclasses.asdict(decode)
+    for key, value in values.items():
+        if key not in data:
+            _unknown_key(DecodeConfig, key, source, "decode")
+        data[key] = value
+    result = _build(DecodeConfig, data, source, "decode")
+    check_decode(result, lambda key, message: _fail(source, key, message))
+    return result
+
+
+def decode_overrides(texts: list[str]) -> dict[str, Any]:
+    """`--set decode.key=value` strings -> {key: value}; other sections do not apply to decoding."""
+    values = {}
+    for text in texts:
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        if section != "decode" or not name or "." in name:
+            raise ConfigError(f"--set {text}: only decode.KEY=VALUE applies when decoding "
+                              "(the rest of the config is the checkpoint's)")
+        values[name] = value
+    return values
 
 
 def _check_updates(train: TrainConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:

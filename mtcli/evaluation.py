@@ -6,20 +6,21 @@ Knows nothing of the terminal; the CLI renders the result as a table or JSON.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mtcli.analysis import AlignmentReport, alignment_report
 from mtcli.checkpoint import Bundle
+from mtcli.config import DecodeConfig
 from mtcli.data.corpus import ParallelText, load_split, read_pair
 from mtcli.errors import MtcliError
-from mtcli.inference import Translator
+from mtcli.inference import bundle_name, describe, translator
 from mtcli.metrics import Score, corpus_scores
 
 
 @dataclass
 class EvaluationResult:
-    checkpoint: Path
+    checkpoint: str  # the checkpoint's path, or an ensemble's paths joined by ' + '
     test_set: str
     sentences: int
     beam_size: int
@@ -28,10 +29,13 @@ class EvaluationResult:
     seconds: float
     alignment: AlignmentReport | None = None  # attention vs. gold links (toy data, attention models)
     precision: str = "fp32"  # of the search (decode.precision)
+    search: str = ""  # 'greedy', 'beam 5', 'sampling (...)'
+    decode: dict = field(default_factory=dict)  # the decode request, every key
 
     def as_dict(self) -> dict:
-        return {"checkpoint": str(self.checkpoint), "test_set": self.test_set, "sentences": self.sentences,
-                "beam_size": self.beam_size, "precision": self.precision, "seconds": round(self.seconds, 2),
+        return {"checkpoint": self.checkpoint, "test_set": self.test_set, "sentences": self.sentences,
+                "beam_size": self.beam_size, "search": self.search, "precision": self.precision,
+                "decode": self.decode, "seconds": round(self.seconds, 2),
                 **{name: score.as_dict() for name, score in self.scores.items()},
                 "alignment": self.alignment.as_dict() if self.alignment else None}
 
@@ -45,14 +49,13 @@ def test_set(bundle: Bundle, src: Path | None, ref: Path | None) -> ParallelText
     return load_split(bundle.config.data, "test")
 
 
-def translator(bundle: Bundle) -> Translator:
-    return Translator(bundle.model, bundle.src_tokenizer, bundle.tgt_tokenizer, bundle.config.decode)
-
-
-def evaluate(bundle: Bundle, data: ParallelText, beam_size: int | None = None) -> EvaluationResult:
-    beam = beam_size or bundle.config.decode.beam_size
+def evaluate(bundle: Bundle, data: ParallelText, decode: DecodeConfig | None = None) -> EvaluationResult:
+    """Translate `data` with the run's decode section (or `decode`) and score the first outputs."""
+    decode = decode or bundle.config.decode
     start = time.perf_counter()
-    hypotheses = [t.text for t in translator(bundle).translate(data.src, beam)]
+    hypotheses = [t.text for t in translator(bundle, decode).translate(data.src)]
     seconds = time.perf_counter() - start
-    return EvaluationResult(bundle.path, data.name, len(data), beam, corpus_scores(hypotheses, data.tgt),
-                            hypotheses, seconds, alignment_report(bundle, data), bundle.config.decode.precision)
+    beam = decode.beam_size if decode.strategy == "beam" else 1
+    return EvaluationResult(bundle_name(bundle), data.name, len(data), beam, corpus_scores(hypotheses, data.tgt),
+                            hypotheses, seconds, alignment_report(bundle, data), decode.precision, describe(decode),
+                            asdict(decode))

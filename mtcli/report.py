@@ -17,10 +17,10 @@ import torch
 
 from mtcli.analysis import Comparison, compare_runs
 from mtcli.checkpoint import Bundle
-from mtcli.config import dump_config
+from mtcli.config import DecodeConfig, dump_config
 from mtcli.data.corpus import load_split, split_files
-from mtcli.evaluation import translator
 from mtcli.files import atomic_write_text
+from mtcli.inference import translator
 from mtcli.plots import attention_figure, curves_figure, length_figure, svg_markup
 from mtcli.visualize import training_curves
 
@@ -85,7 +85,7 @@ def _scores_section(result: Comparison) -> str:
     s = run.scores
     rows = [[name, f"{s.score[m]:.2f}", f"{s.mean[m]:.2f} ± {s.ci[m]:.2f}", result.signatures[m]]
             for m, name in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER"))]
-    beam = f"beam {result.beam_size}" if result.beam_size else "the config's beam"
+    beam = result.search or (f"beam {result.beam_size}" if result.beam_size else "the config's decode settings")
     out = (f"<p>{html.escape(result.test_set)}: {result.sentences} sentences, {beam}; 95% confidence intervals "
            f"by bootstrap resampling ({result.samples} samples).</p>"
            + _table(["metric", "score", "bootstrap mean ± 95% CI", "sacreBLEU signature"], rows, {1, 2}))
@@ -101,11 +101,12 @@ def _scores_section(result: Comparison) -> str:
     return out
 
 
-def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, bootstrap: int = 1000) -> str:
+def build_report(bundle: Bundle, decode: DecodeConfig | None = None, samples: int = 3, bootstrap: int = 1000) -> str:
     """The HTML page for the run `bundle` comes from, scored on its config's test set."""
     run_dir = bundle.path.parent
     data = load_split(bundle.config.data, "test")
-    result = compare_runs([bundle], data, beam, "bs", bootstrap)
+    decode = decode or bundle.config.decode
+    result = compare_runs([bundle], data, [decode], "bs", bootstrap)
     run = result.runs[0]
     facts = run.facts
     parts = [f"<h1>{html.escape(bundle.config.name)}</h1>",
@@ -122,7 +123,7 @@ def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, boot
               f"<div class=figure>{svg_markup(length_figure(result))}</div>"]
     parts.append("<h2>Sample translations</h2>")
     sentences = data.src[:samples]
-    outputs = translator(bundle).translate(sentences, beam, need_attention=bundle.model.has_attention)
+    outputs = translator(bundle, decode).translate(sentences, need_attention=bundle.model.has_attention)
     layers, heads = bundle.model.attention_shape() if bundle.model.has_attention else (0, 0)
     for i, (src, out) in enumerate(zip(sentences, outputs)):
         rows = [["source", src], ["reference", data.tgt[i]], ["output", out.text]]
@@ -140,6 +141,6 @@ def build_report(bundle: Bundle, beam: int | None = None, samples: int = 3, boot
             f" - mtcli report</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_report(bundle: Bundle, path: Path, beam: int | None = None, samples: int = 3) -> Path:
-    atomic_write_text(path, build_report(bundle, beam, samples))
+def write_report(bundle: Bundle, path: Path, decode: DecodeConfig | None = None, samples: int = 3) -> Path:
+    atomic_write_text(path, build_report(bundle, decode, samples))
     return path

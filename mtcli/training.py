@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -444,8 +445,9 @@ class Trainer:
         """Rank 0: dev loss, BLEU, the selection metric's value and a few samples."""
         cfg = self.cfg
         loss = dev_loss(self.eval_model, self.dev_batches, self.device)
-        hyps = decode_examples(self.eval_model, self.data.dev, cfg.decode, cfg.train.valid_beam_size)
-        texts = [self.data.tgt_tokenizer.decode(h.tokens) for h in hyps]
+        decode = dataclasses.replace(cfg.decode, strategy="beam", beam_size=cfg.train.valid_beam_size, n_best=1)
+        hyps = decode_examples(self.eval_model, self.data.dev, decode)
+        texts = [self.data.tgt_tokenizer.decode(h[0].tokens) for h in hyps]
         refs = self.data.dev_text.tgt
         score = bleu(texts, refs)
         value = {"bleu": lambda: score.score, "loss": lambda: loss,
@@ -598,7 +600,6 @@ class Trainer:
         p.tokens += tokens
         p.train_seconds += seconds
         return loss_sum, tokens, seconds, stops > 0
-
 
     def _collate(self, group: list[np.ndarray]) -> list[Batch]:
         """This process's batches of the update. With subword sampling (data.spm_alpha) each is segmented

@@ -324,7 +324,7 @@ def comparison_tables(result: Comparison) -> list[RenderableType]:
     """Scores with 95% confidence intervals and p-values against the first run; BLEU by source length;
     attention vs. gold alignments. Each in the widest layout that fits the terminal."""
     test = "paired bootstrap resampling" if result.test == "bs" else "approximate randomization"
-    beam = f"beam {result.beam_size}" if result.beam_size else "each run's beam"
+    beam = result.search or (f"beam {result.beam_size}" if result.beam_size else "each run's decode settings")
     title = Text(f"{result.test_set}: {result.sentences} sentences, {beam}; mean ± 95% CI, "
                  f"p-value vs. {result.runs[0].name} ({test}, {result.samples} samples; * p < 0.05)", style="italic")
     tables: list[RenderableType] = [Group(title, _scores_layouts(result)), _length_layouts(result)]

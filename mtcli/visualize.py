@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from mtcli.checkpoint import Bundle, resolve_checkpoint
+from mtcli.config import DecodeConfig
 from mtcli.data.batching import make_example
 from mtcli.data.corpus import load_split
 from mtcli.data.tokenizers import BOS, EOS
 from mtcli.errors import MtcliError
-from mtcli.evaluation import translator
-from mtcli.inference import decode_examples
+from mtcli.inference import decode_examples, describe, translator
 
 GRIDS = {  # --grid kind: what the maps are, rows (queries) x columns (keys)
     "cross": ("cross-attention", "output", "source"),
@@ -122,22 +122,19 @@ def dev_sentences(bundle: Bundle, count: int) -> list[str]:
     return sentences
 
 
-def _search_name(bundle: Bundle, beam: int | None) -> str:
-    beam_size = beam or bundle.config.decode.beam_size
-    return "greedy" if beam_size == 1 else f"beam {beam_size}"
-
-
-def attention_views(bundle: Bundle, sentences: list[str], beam: int | None, layer: int | None = None,
-                    head: int | None = None, grid: str | None = None
+def attention_views(bundle: Bundle, sentences: list[str], decode: DecodeConfig | None = None,
+                    layer: int | None = None, head: int | None = None, grid: str | None = None
                     ) -> list[AttentionView] | list[AttentionGrid] | None:
-    """One view per sentence (translated in batches): one attention matrix each, or with `grid` every
-    layer and head of a Transformer. None when the backend has no attention."""
+    """One view per sentence (translated in batches, with the run's decode section or `decode`): one
+    attention matrix each, or with `grid` every layer and head of a Transformer. None when the backend has
+    no attention."""
+    decode = decode or bundle.config.decode
     if not bundle.model.has_attention:
         return None
     if any(not s.strip() for s in sentences):
         raise MtcliError("--sentence: nothing to translate")
     if grid is not None:
-        return attention_grids(bundle, sentences, beam, grid)
+        return attention_grids(bundle, sentences, decode, grid)
     layers, heads = bundle.model.attention_shape()
     if layer is not None and layer > layers:
         raise MtcliError(f"--layer {layer}: the model has {layers} decoder layer(s)")
@@ -149,9 +146,9 @@ def attention_views(bundle: Bundle, sentences: list[str], beam: int | None, laye
     elif layers * heads > 1:
         what += f" cross-attention, layer {layer or layers}/{layers}, " + (
             f"head {head}/{heads}" if head else f"mean of {heads} heads")
-    title = f"{bundle.config.name}: {what}, {_search_name(bundle, beam)}"
+    title = f"{bundle.config.name}: {what}, {describe(decode)}"
     views = []
-    for result in translator(bundle).translate(sentences, beam, need_attention=True):
+    for result in translator(bundle, decode).translate(sentences, need_attention=True):
         maps = result.attention.view(len(result.tgt_pieces), layers, heads, -1)  # (T, L, H, S)
         chosen = maps[:, (layer or layers) - 1]  # (T, H, S)
         weights = chosen.mean(dim=1) if head is None else chosen[:, head - 1]
@@ -159,7 +156,7 @@ def attention_views(bundle: Bundle, sentences: list[str], beam: int | None, laye
     return views
 
 
-def attention_grids(bundle: Bundle, sentences: list[str], beam: int | None, kind: str) -> list[AttentionGrid]:
+def attention_grids(bundle: Bundle, sentences: list[str], decode: DecodeConfig, kind: str) -> list[AttentionGrid]:
     """Translate (greedy or beam), then one teacher-forced pass per sentence over the chosen output tokens
     that returns every attention weight of the Transformer."""
     if kind not in GRIDS:
@@ -169,10 +166,9 @@ def attention_grids(bundle: Bundle, sentences: list[str], beam: int | None, kind
         raise MtcliError(f"{bundle.path}: the {backend} backend has one attention map (decoder over source), "
                          "not layers and heads: leave out --grid")
     examples = [make_example(bundle.src_tokenizer.encode(s), []) for s in sentences]
-    beam_size = beam or bundle.config.decode.beam_size
-    hyps = decode_examples(model, examples, bundle.config.decode, beam_size)
+    hyps = [h[0] for h in decode_examples(model, examples, decode)]
     what, query_label, key_label = GRIDS[kind]
-    title = f"{bundle.config.name}: {what}, {_search_name(bundle, beam)}"
+    title = f"{bundle.config.name}: {what}, {describe(decode)}"
     device = next(model.parameters()).device
     grids = []
     was_training = model.training

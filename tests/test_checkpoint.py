@@ -9,7 +9,7 @@ import torch
 
 from mtcli.checkpoint import BEST, atomic_save, load_checkpoint, resolve_checkpoint
 from mtcli.errors import CheckpointError
-from mtcli.evaluation import translator
+from mtcli.inference import decode_request, translator
 from mtcli.training import train
 from tests.conftest import tiny_config
 
@@ -25,8 +25,8 @@ def test_saved_and_reloaded_checkpoint_translates_identically(trained_run):
     first = load_checkpoint(trained_run / BEST)
     second = load_checkpoint(trained_run / BEST)
     sentences = ["the dog sees a cat", "every small bird sleeps", "two kings"]
-    out1 = translator(first).translate(sentences, beam_size=3)
-    out2 = translator(second).translate(sentences, beam_size=3)
+    out1 = translator(first, decode_request(first.config.decode, beam=3)).translate(sentences)
+    out2 = translator(second, decode_request(second.config.decode, beam=3)).translate(sentences)
     assert [t.text for t in out1] == [t.text for t in out2]
     assert [t.score for t in out1] == [t.score for t in out2]
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):

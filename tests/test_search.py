@@ -1,7 +1,9 @@
 """Search on a hand-made model whose probabilities are known, so the right answer is known."""
 
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from mtcli.data.tokenizers import BOS, EOS
@@ -100,3 +102,91 @@ def test_min_len_bans_eos_until_the_output_is_long_enough_but_not_past_the_limit
     limits = output_limits(mask, max_len=3, ratio=10.0)  # at most 2 tokens and EOS
     assert greedy_search(TableModel(eager), src, mask, limits, min_len=30)[0].tokens == [A] * 2
     assert beam_search(TableModel(eager), src, mask, limits, beam_size=2, min_len=30)[0][0].tokens == [A] * 2
+
+
+# ---------------------------------------------------------------- strategies and score processors
+
+
+def decode(**kw):
+    from mtcli.config import DecodeConfig
+
+    return DecodeConfig(**{"length_penalty": 0.0, **kw})
+
+
+def run_strategy(model, request, batch=1, src_len=3):
+    from mtcli.search import processors, search, strategy
+
+    src = torch.full((batch, src_len), 7)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    return search(model, src, mask, output_limits(mask, 10, 3.0), strategy(request), processors(request))
+
+
+def test_pad_and_bos_are_never_chosen_whatever_their_probability():
+    from mtcli.data.tokenizers import PAD
+
+    table = {BOS: {PAD: 0.5, BOS: 0.3, A: 0.2}, A: {EOS: 1.0}}
+    for request in (decode(strategy="greedy"), decode(beam_size=3), decode(strategy="sampling", n_best=5)):
+        for hyp in run_strategy(TableModel(table), request)[0]:  # (every sample: the rest has probability 0)
+            assert hyp.tokens == [A] and math.isclose(hyp.log_prob, math.log(0.2), rel_tol=1e-5)
+
+
+def test_sampling_draws_only_from_the_top_k_or_the_nucleus():
+    table = {BOS: {A: 0.5, B: 0.3, C: 0.2}, A: {EOS: 1.0}, B: {EOS: 1.0}, C: {EOS: 1.0}}
+    counts = {}
+    for name, kw in {"all": {}, "top-k 2": {"top_k": 2}, "top-p 0.6": {"top_p": 0.6}, "top-p 0.5": {"top_p": 0.5},
+                     "cold": {"temperature": 0.05}}.items():
+        hyps = run_strategy(TableModel(table), decode(strategy="sampling", n_best=200, **kw))[0]
+        counts[name] = {h.tokens[0]: sum(g.tokens[0] == h.tokens[0] for g in hyps) for h in hyps}
+    assert set(counts["all"]) == {A, B, C} and 75 < counts["all"][A] < 125  # 200 draws at p 0.5
+    assert set(counts["top-k 2"]) == {A, B} and set(counts["top-p 0.6"]) == {A, B}
+    assert set(counts["top-p 0.5"]) == {A} and set(counts["cold"]) == {A}  # (0.3/0.5) ** 20: never in 200
+
+
+def test_samples_depend_on_the_seed_and_the_sentence_not_on_the_batch():
+    table = {BOS: {A: 0.4, B: 0.3, C: 0.3}, A: {A: 0.5, EOS: 0.5}, B: {B: 0.5, EOS: 0.5}, C: {C: 0.5, EOS: 0.5}}
+    first = run_strategy(TableModel(table), decode(strategy="sampling", n_best=6, seed=1))[0]
+    again = run_strategy(TableModel(table), decode(strategy="sampling", n_best=6, seed=1), batch=3)
+    other = run_strategy(TableModel(table), decode(strategy="sampling", n_best=6, seed=2))[0]
+    assert all([h.tokens for h in hyps] == [h.tokens for h in first] for hyps in again)
+    assert [h.tokens for h in other] != [h.tokens for h in first]
+    scores = [h.score for h in first]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_no_repeat_ngram_blocks_every_repeat_and_nothing_else():
+    step = {A: 0.5, B: 0.3, C: 0.2}
+    loop = {BOS: step, A: step, B: step, C: step}  # never ends before the limit
+    for request in (decode(strategy="greedy"), decode(beam_size=3), decode(strategy="sampling", n_best=3)):
+        blocked = run_strategy(TableModel(loop), dataclasses.replace(request, no_repeat_ngram_size=3))[0][0].tokens
+        assert len(blocked) == 9  # the limit: 10 tokens, EOS included
+        trigrams = [tuple(blocked[i: i + 3]) for i in range(len(blocked) - 2)]
+        assert len(set(trigrams)) == len(trigrams)
+    assert run_strategy(TableModel(loop), decode(strategy="greedy"))[0][0].tokens == [A] * 9
+    # greedy with blocking: A A A, then A is banned after A A (B), ... after A A both A and B are banned (C)
+    blocked = run_strategy(TableModel(loop), decode(strategy="greedy", no_repeat_ngram_size=3))[0][0].tokens
+    assert blocked == [A, A, A, B, A, A, C, A, A]
+    unigrams = run_strategy(TableModel(loop), decode(strategy="greedy", no_repeat_ngram_size=1))[0][0].tokens
+    assert unigrams[:3] == [A, B, C] and len(set(unigrams)) == len(unigrams)  # then what the table gives ~0
+
+
+def test_non_finite_scores_are_one_clear_error_for_every_strategy():
+    from mtcli.search import SearchError
+
+    class NaNModel(TableModel):
+        def step(self, prev, state, need_attention=False):
+            out, state, _ = super().step(prev, state)
+            out[0, A] = float("nan")  # one sentence, one token: enough to stop the search
+            return out, state, None
+
+    for request in (decode(strategy="greedy"), decode(beam_size=3), decode(strategy="sampling", n_best=2)):
+        with pytest.raises(SearchError, match=r"not numbers \(NaN\) at output position 1"):
+            run_strategy(NaNModel(TRAP), request, batch=2)
+
+
+def test_forced_scores_are_the_table_probabilities():
+    from mtcli.search import forced_log_probs
+
+    src = torch.full((1, 3), 7)
+    scores = forced_log_probs(TableModel(TRAP), src, torch.ones_like(src, dtype=torch.bool),
+                              torch.tensor([[BOS, A, C]]), torch.tensor([[A, C, EOS]]))
+    torch.testing.assert_close(scores, torch.tensor([[math.log(0.6), math.log(0.35), 0.0]]))

@@ -79,7 +79,7 @@ class TrainSet:
         """The pairs `ids` as one padded batch; with subword sampling and a `key`, segmented anew (the same
         key, the same segmentation)."""
         if self.sampling is not None and key is not None:
-            return collate_examples(self.sampling.examples(self.pairs(ids), key), ids.tolist())
+            return collate_examples(self.sampling.examples(self.pairs(ids), key))
         src_len, tgt_len = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
         parts = self._parts(ids)
         for corpus, rows, local in parts:
@@ -95,9 +95,8 @@ class TrainSet:
             tgt_in[rows, : block.shape[1]] = block
             block = padded(corpus.tgt, t_off, tgt_len[rows], after=EOS)
             tgt_out[rows, : block.shape[1]] = block
-        src_t = torch.from_numpy(src)
-        return Batch(src_t, src_t != PAD, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), ids.tolist(),
-                     int(tgt_len.sum()) + len(ids))
+        src_t, tokens = torch.from_numpy(src), int(tgt_len.sum()) + len(ids)
+        return Batch(src_t, src_t != PAD, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), tokens)
 
     def mean_lengths(self) -> tuple[float, float]:
         """Mean source and target length over the pairs (EOS included)."""

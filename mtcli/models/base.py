@@ -8,6 +8,7 @@ A backend is an nn.Module with:
   init_state(memory)                    -> state (dict)              explicit decoder state
   step(prev, state, need_attention)     -> log_probs (B, V), state, attention (B, K, S) or None
   reorder(state, index, same_sentences) -> state                     beam bookkeeping / pruning
+  search_floats(src_len, out_len)       -> int                       memory estimate per hypothesis
 Attention maps are K = layers x heads per step (1 x 1 for the RNN attention backend).
 """
 
@@ -71,6 +72,16 @@ class Backend(nn.Module):
         if not same_sentences:
             return reorder_tree(state, index)
         return {k: v if k in self.sentence_keys else reorder_tree(v, index) for k, v in state.items()}
+
+    def state_floats(self, src_len: int, out_len: int) -> int:
+        """Floats of decoder state per hypothesis for a source of `src_len` tokens after `out_len` steps."""
+        return 0
+
+    def search_floats(self, src_len: int, out_len: int) -> int:
+        """About how many floats the search holds per hypothesis: a few copies of a step's log-probabilities
+        (the logits, their log-softmax, the candidates, the processors' copy) and the decoder state. It sizes
+        the decoding batches (decode.memory_mb)."""
+        return 5 * self.output.weight.size(0) + self.state_floats(src_len, out_len)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

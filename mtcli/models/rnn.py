@@ -88,6 +88,10 @@ class RNNDecoderBase(Backend):
         hidden = torch.tanh(self.bridge(final)).view(final.size(0), self.layers, self.hidden_dim)
         return {"hidden": hidden, "cell": hidden} if self.is_lstm else {"hidden": hidden}
 
+    def state_floats(self, src_len: int, out_len: int) -> int:
+        """The recurrent state (hidden, and cell for an LSTM) and the fed-back vector."""
+        return self.hidden_dim * (self.layers * (2 if self.is_lstm else 1) + 1)
+
     def log_probs(self, features: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.output(self.dropout(features)), dim=-1, dtype=torch.float32)
 
@@ -155,6 +159,10 @@ class AttentionSeq2Seq(RNNDecoderBase):
         encoder_out, final = self.encoder(src, src_mask)
         return {"encoder_out": encoder_out, "keys": self.score.project_keys(encoder_out),
                 "src_mask": src_mask, "final": final}
+
+    def state_floats(self, src_len: int, out_len: int) -> int:
+        """The recurrent state plus the encoder outputs and their projected keys, per hypothesis."""
+        return super().state_floats(src_len, out_len) + 2 * self.hidden_dim * src_len + src_len
 
     def init_state(self, memory: State) -> State:
         feed = memory["final"].new_zeros(memory["final"].shape)  # (B, H) attentional vector a_0
