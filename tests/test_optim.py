@@ -193,3 +193,25 @@ def test_the_cli_names_the_choices_of_a_misspelt_optimizer_or_schedule(tmp_path,
     one_line_error(invoke("train", config, "--set", "train.scheduler=cosin"),
                    "train.scheduler: 'cosin' is not one of constant, inverse_sqrt, noam, cosine, plateau")
     assert not (tmp_path / "run").exists()  # refused before anything was prepared or written
+
+
+def test_plateau_cuts_the_learning_rate_when_dev_bleu_stops_improving(tmp_path):
+    cfg = tiny_config("transformer", tmp_path / "run", train={
+        "scheduler": "plateau", "warmup_steps": 0, "min_lr": 0.0, "plateau_patience": 0, "plateau_factor": 0.5,
+        "best_metric": "bleu", "max_steps": 8, "validate_every": 2, "log_every": 1})
+    record = Record()
+    train(cfg, [record])
+    best, flags = -1.0, []
+    for v in record.validations:  # improved means a higher dev BLEU than every validation before
+        assert v.metric == "bleu" and v.value == v.bleu.score
+        flags.append(v.bleu.score > best)
+        best = max(best, v.bleu.score)
+    assert [v.is_best for v in record.validations] == flags
+    assert True in flags[1:] and False in flags  # BLEU both rose and stalled, so the test sees both cases
+    # patience 0: every validation without a better BLEU halves the learning rate of the updates after it
+    cuts = {v.step: 0 if improved else 1 for v, improved in zip(record.validations, flags)}
+    expected, scale = [], 1.0
+    for step in range(1, 9):
+        expected.append(0.003 * scale)
+        scale *= 0.5 ** cuts.get(step, 0)
+    assert [e.lr for e in record.steps] == pytest.approx(expected)
