@@ -357,7 +357,8 @@ class Trainer:
         self.saved_at = self.progress.step
 
     def _restore_optimizer(self, state: dict) -> None:
-        """The stored optimizer state; one line if the optimizer or its parameter groups changed since."""
+        """The stored optimizer state (moments, momentum buffers) under this config's settings (weight decay,
+        betas, momentum); one line if the optimizer or its parameter groups changed since."""
         name, stored = self.cfg.train.optimizer, state.get("optimizer_name", self.cfg.train.optimizer)
         if stored != name:
             raise ConfigError(f"train.optimizer: the run in {self.run_dir} was trained with {stored}, not {name}; "
@@ -365,9 +366,13 @@ class Trainer:
         groups = len(state["optimizer"]["param_groups"])
         if groups != len(self.optimizer.param_groups):
             raise ConfigError(f"train.weight_decay: the run in {self.run_dir} was trained with {groups} parameter "
-                              f"group(s), this config makes {len(self.optimizer.param_groups)} (weight decay on norms, "
-                              "biases and embeddings switched); keep weight_decay and decay_all, or pass --restart")
-        self.optimizer.load_state_dict(state["optimizer"])
+                              f"group(s), this config makes {len(self.optimizer.param_groups)}: weight decay on norms, "
+                              "biases and embeddings was switched (a run from before they were spared: set "
+                              "train.decay_all: true); keep weight_decay and decay_all as they were, or pass --restart")
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])  # torch also restores the stored groups' settings ...
+        for group, setting in zip(self.optimizer.param_groups, settings):
+            group.update(setting)  # ... but the train section may change between segments: this config's win
 
     def _rng_state(self) -> dict:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None

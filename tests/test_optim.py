@@ -170,6 +170,16 @@ def test_resuming_with_another_optimizer_or_other_groups_is_one_line(tmp_path):
             train(tiny_config("seq2seq", tmp_path / "run", train={"max_steps": 10, "validate_every": 5, **change}))
 
 
+def test_a_resumed_run_keeps_its_optimizer_state_under_the_new_settings(tmp_path):
+    keys = {"optimizer": "adamw", "weight_decay": 0.1, "max_steps": 3, "validate_every": 3}
+    train(tiny_config("seq2seq", tmp_path / "run", train=keys))
+    resumed = Trainer(tiny_config("seq2seq", tmp_path / "run", train={**keys, "weight_decay": 0.2, "beta2": 0.99,
+                                                                        "max_steps": 6}), [])
+    assert [(g["weight_decay"], g["betas"]) for g in resumed.optimizer.param_groups] == [(0.2, (0.9, 0.99)),
+                                                                                       (0.0, (0.9, 0.99))]
+    assert {float(s["step"]) for s in resumed.optimizer.state.values()} == {3.0}  # the moments of 3 updates
+
+
 @pytest.mark.parametrize("train_keys,message", [
     ({"optimizer": "sgdd"}, "test: train.optimizer: 'sgdd' is not one of adam, adamw, sgd"),
     ({"scheduler": "linear"}, "test: train.scheduler: 'linear' is not one of constant, inverse_sqrt, noam, cosine, "
