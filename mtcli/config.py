@@ -59,6 +59,8 @@ class DataConfig:
     joint_vocab: bool = True
     max_len: int = 100
     spm_sample: int = 1_000_000
+    spm_alpha: float = 0.0
+    spm_nbest: int = 64
     cache_dir: str | None = None
     toy: ToyConfig = field(default_factory=ToyConfig)
 
@@ -96,16 +98,21 @@ class TrainConfig:
     max_epochs: int = 20
     max_steps: int = 0
     max_minutes: float = 0.0
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: str = "adam"  # a name in mtcli.optim.OPTIMIZERS
     lr: float = 0.001
     beta1: float = 0.9
     beta2: float = 0.98
+    momentum: float = 0.0
+    nesterov: bool = False
     weight_decay: float = 0.0
-    scheduler: Literal["constant", "inverse_sqrt", "plateau"] = "inverse_sqrt"
+    decay_all: bool = False
+    scheduler: str = "inverse_sqrt"  # a name in mtcli.optim.SCHEDULES
     warmup_steps: int = 1000
+    decay_steps: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1.0e-6
+    ema_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_grad_norm: float = 1.0
     log_every: int = 50
@@ -360,6 +367,8 @@ def _validate(cfg: ExperimentConfig, source: str, overridden: tuple[str, ...] = 
         fail("train.valid_beam_size", f"{cfg.train.valid_beam_size} is more than {MAX_WIDTH}, the most "
              "hypotheses mtcli searches with")
     check_decode(cfg.decode, fail)
+    _check_updates(cfg.train, fail)
+    _check_sampling(cfg.data, fail)
 
 
 def check_decode(decode: DecodeConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
@@ -417,6 +426,42 @@ def decode_overrides(texts: list[str]) -> dict[str, Any]:
                               "(the rest of the config is the checkpoint's)")
         values[name] = value
     return values
+
+
+def _check_updates(train: TrainConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+    """The optimizer and schedule by name (the keys of mtcli.optim's dicts), their options, the EMA."""
+    from mtcli.optim import OPTIMIZERS, SCHEDULES  # the registries decide the names; torch is loaded there
+
+    for key, name, known in (("train.optimizer", train.optimizer, OPTIMIZERS),
+                             ("train.scheduler", train.scheduler, SCHEDULES)):
+        if name not in known:
+            fail(key, f"{name!r} is not one of {', '.join(known)}")
+    if train.momentum < 0:
+        fail("train.momentum", f"must be zero or positive, got {train.momentum}")
+    if train.nesterov and not (train.optimizer == "sgd" and train.momentum > 0):
+        fail("train.nesterov", "needs train.optimizer: sgd and a positive train.momentum")
+    if train.decay_steps < 0:
+        fail("train.decay_steps", f"must be zero or positive, got {train.decay_steps}")
+    if train.scheduler == "cosine" and not (train.decay_steps or train.max_steps or train.max_epochs):
+        fail("train.decay_steps", "cosine needs an end: set train.decay_steps, max_steps or max_epochs")
+    if not 0 <= train.ema_decay < 1:
+        fail("train.ema_decay", f"must be in [0, 1) (0 = no average), got {train.ema_decay}")
+
+
+def _check_sampling(data: DataConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+    """Subword sampling: sentencepiece only; BPE-dropout's alpha is a probability; unigram draws from N > 1."""
+    if data.spm_alpha < 0:
+        fail("data.spm_alpha", f"must be zero (no sampling) or positive, got {data.spm_alpha}")
+    if not data.spm_alpha:
+        return
+    if data.tokenizer != "sentencepiece":
+        fail("data.spm_alpha", "subword sampling needs data.tokenizer: sentencepiece")
+    if data.spm_type == "bpe" and data.spm_alpha >= 1:
+        fail("data.spm_alpha", f"BPE-dropout drops each merge with this probability: must be below 1, "
+                               f"got {data.spm_alpha}")
+    if data.spm_type == "unigram" and data.spm_nbest < 2:
+        fail("data.spm_nbest", f"unigram sampling draws from the N best segmentations: must be at least 2, "
+                               f"got {data.spm_nbest}")
 
 
 def config_from_dict(data: dict, source: str, overrides: list[str] = ()) -> ExperimentConfig:

@@ -23,7 +23,7 @@ import torch
 from mtcli import checkpoint as ckpt
 from mtcli import distributed
 from mtcli.checkpoint import BEST, LATEST, pointed, read_checkpoint, resolve_checkpoint
-from mtcli.config import ExperimentConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
+from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict, dump_config
 from mtcli.data.batching import Batch, EpochPlan, iterate_batches
 from mtcli.data.dataset import PreparedData, prepare_data
 from mtcli.data.tokenizers import PAD, tokenizer_from_state
@@ -41,6 +41,7 @@ from mtcli.inference import decode_examples
 from mtcli.kernels.loss import output_loss
 from mtcli.metrics import Score, bleu, chrf
 from mtcli.models import Backend, build_model
+from mtcli.optim import Schedule, build_optimizer, weight_average
 from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
 
 # ---------------------------------------------------------------- events
@@ -122,39 +123,6 @@ class Callback:
     def on_validation(self, event: ValidationEvent) -> None: ...
 
     def on_end(self, event: EndEvent) -> None: ...
-
-
-# ---------------------------------------------------------------- learning rate
-
-
-class Schedule:
-    """Linear warmup, then constant, inverse square root decay, or cuts on a validation plateau."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.scale = 1.0  # plateau cuts so far
-        self.bad = 0
-
-    def lr(self, step: int) -> float:
-        cfg, warm = self.cfg, max(self.cfg.warmup_steps, 1)
-        factor = min(1.0, step / warm)
-        if cfg.scheduler == "inverse_sqrt" and step > warm:
-            factor = math.sqrt(warm / step)
-        return max(cfg.lr * factor * self.scale, cfg.min_lr if step >= warm else 0.0)
-
-    def validated(self, improved: bool) -> None:
-        if self.cfg.scheduler != "plateau":
-            return
-        self.bad = 0 if improved else self.bad + 1
-        if self.bad > self.cfg.plateau_patience:
-            self.scale *= self.cfg.plateau_factor
-            self.bad = 0
-
-    def state(self) -> dict:
-        return {"scale": self.scale, "bad": self.bad}
-
-    def load(self, state: dict) -> None:
-        self.scale, self.bad = state["scale"], state["bad"]
 
 
 # ---------------------------------------------------------------- helpers
@@ -264,16 +232,14 @@ class Trainer:
             self.notes.append(f"initialised from {start_from['path']} (step {start_from['meta'].get('step')}): "
                                    "its weights and vocabulary, a fresh optimizer and schedule")
         self.model.to(self.device).train()
+        self.ema = weight_average(self.model, cfg.train.ema_decay)  # what validation and checkpoints hold
         self.net: torch.nn.Module = self.model
         if self.world.distributed:  # the same initial weights everywhere (DDP checks), then own dropout streams
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
             torch.manual_seed(cfg.train.seed + 1_000_003 * self.world.rank)
-        optim = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-        # fused: one kernel per parameter instead of ~10 ops (the bench Transformer: ~6 instead of 15-21 ms a step)
-        self.optimizer = optim(self.model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                               weight_decay=cfg.train.weight_decay, fused=self.device.type in ("cpu", "cuda"))
-        self.schedule = Schedule(cfg.train)
+        self.optimizer = build_optimizer(self.model, cfg.train, fused=self.device.type in ("cpu", "cuda"))
+        self.schedule = Schedule(cfg.train, self.total_steps(), cfg.model.embed_dim)
         self.progress = Progress()
         self.saved_at = -1  # the step of the last checkpoint written or restored
         if resume is not None:
@@ -371,9 +337,11 @@ class Trainer:
         return data
 
     def _restore(self, data: dict) -> None:
-        self.model.load_state_dict(data["model"])
         state = data["training"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(state.get("raw_model", data["model"]))  # with an EMA, "model" is the average
+        if self.ema is not None:
+            self.ema.module.load_state_dict(data["model"])
+        self._restore_optimizer(state)
         self.schedule.load(state["schedule"])
         self.progress = Progress(**state["progress"])
         if state.get("scaler") and self.precision.scaler.is_enabled():
@@ -387,6 +355,24 @@ class Trainer:
         else:  # another number of processes: fresh, but still seeded, streams
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.world.rank + self.progress.step)
         self.saved_at = self.progress.step
+
+    def _restore_optimizer(self, state: dict) -> None:
+        """The stored optimizer state (moments, momentum buffers) under this config's settings (weight decay,
+        betas, momentum); one line if the optimizer or its parameter groups changed since."""
+        name, stored = self.cfg.train.optimizer, state.get("optimizer_name", self.cfg.train.optimizer)
+        if stored != name:
+            raise ConfigError(f"train.optimizer: the run in {self.run_dir} was trained with {stored}, not {name}; "
+                              "resume with it, or pass --restart")
+        groups = len(state["optimizer"]["param_groups"])
+        if groups != len(self.optimizer.param_groups):
+            raise ConfigError(f"train.weight_decay: the run in {self.run_dir} was trained with {groups} parameter "
+                              f"group(s), this config makes {len(self.optimizer.param_groups)}: weight decay on norms, "
+                              "biases and embeddings was switched (a run from before they were spared: set "
+                              "train.decay_all: true); keep weight_decay and decay_all as they were, or pass --restart")
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])  # torch also restores the stored groups' settings ...
+        for group, setting in zip(self.optimizer.param_groups, settings):
+            group.update(setting)  # ... but the train section may change between segments: this config's win
 
     def _rng_state(self) -> dict:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
@@ -410,8 +396,10 @@ class Trainer:
         file = ckpt.step_file(p.step)
         entries = [e for e in p.checkpoints if e["file"] != file] + [{"file": file, "step": p.step, "value": value}]
         p.checkpoints = ckpt.kept_checkpoints(entries, cfg.keep_last, cfg.keep_best, cfg.best_metric == "loss")
-        training = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state(),
-                    "progress": copy.deepcopy(vars(p)), "rng": rng}
+        training = {"optimizer": self.optimizer.state_dict(), "optimizer_name": cfg.optimizer,
+                    "schedule": self.schedule.state(), "progress": copy.deepcopy(vars(p)), "rng": rng}
+        if self.ema is not None:  # the checkpoint's weights are the average; these keep training
+            training["raw_model"] = self.model.state_dict()
         if self.precision.scaler.is_enabled():
             training["scaler"] = self.precision.scaler.state_dict()
         meta = {"step": p.step, "epoch": p.epoch, "metric": cfg.best_metric, "value": value,
@@ -420,8 +408,8 @@ class Trainer:
                 "processes": self.world.size}
         path = self.run_dir / file
         try:
-            ckpt.save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer, meta,
-                            training)
+            ckpt.save_checkpoint(path, self.eval_model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,
+                                 meta, training)
             ckpt.point(self.run_dir, LATEST, file)
             if improved:
                 ckpt.point(self.run_dir, BEST, file)
@@ -453,12 +441,17 @@ class Trainer:
 
     # ----- validation
 
+    @property
+    def eval_model(self) -> Backend:
+        """The weights that validation scores and checkpoints hold: their moving average with train.ema_decay."""
+        return self.model if self.ema is None else self.ema.module
+
     def _dev_scores(self) -> tuple[float, Score, float, list[tuple[str, str, str]]]:
         """Rank 0: dev loss, BLEU, the selection metric's value and a few samples."""
         cfg = self.cfg
-        loss = dev_loss(self.model, self.dev_batches, self.device)
+        loss = dev_loss(self.eval_model, self.dev_batches, self.device)
         decode = dataclasses.replace(cfg.decode, strategy="beam", beam_size=cfg.train.valid_beam_size, n_best=1)
-        hyps = decode_examples(self.model, self.data.dev, decode)
+        hyps = decode_examples(self.eval_model, self.data.dev, decode)
         texts = [self.data.tgt_tokenizer.decode(h[0].tokens) for h in hyps]
         refs = self.data.dev_text.tgt
         score = bleu(texts, refs)
@@ -578,14 +571,14 @@ class Trainer:
         p.step += 1
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.schedule.lr(p.step)
-        tokens = sum(self.data.train.target_tokens(batch) for batch in group)
+        batches = self._collate(group)
+        tokens = self._target_tokens(group, batches)
         scale = self.world.size / tokens  # DDP averages gradients over the processes
-        mine = distributed.share(group, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for k, index in enumerate(mine):
-            batch = self.data.train.collate(index).to(self.device)
-            no_sync = self.world.distributed and k < len(mine) - 1  # gradients are exchanged once per update
+        for k, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            no_sync = self.world.distributed and k < len(batches) - 1  # gradients are exchanged once per update
             with self.net.no_sync() if no_sync else contextlib.nullcontext():
                 with self.precision.autocast():
                     loss = batch_loss(self.model, batch, cfg.label_smoothing, self.net)
@@ -599,6 +592,8 @@ class Trainer:
             grad_norm = None  # fp16: the scaler skips the updates whose gradients overflowed, by design
         scaler.step(self.optimizer)
         scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         seconds = time.perf_counter() - start
         # one small exchange per update: the loss, stop requests, and rank 0's clock (which decides max_minutes)
         loss_sum, stops, seconds = distributed.all_sum(
@@ -610,6 +605,20 @@ class Trainer:
         p.tokens += tokens
         p.train_seconds += seconds
         return loss_sum, tokens, seconds, stops > 0
+
+    def _collate(self, group: list[np.ndarray]) -> list[Batch]:
+        """This process's batches of the update. With subword sampling (data.spm_alpha) each is segmented
+        anew, seeded by (seed, epoch, its place in the epoch): the same whatever the processes, on resume too."""
+        p = self.progress
+        places = distributed.share(list(range(p.batch_in_epoch, p.batch_in_epoch + len(group))), self.world)
+        return [self.data.train.collate(index, (self.cfg.train.seed, p.epoch, place))
+                for index, place in zip(distributed.share(group, self.world), places)]
+
+    def _target_tokens(self, group: list[np.ndarray], batches: list[Batch]) -> int:
+        """The update's target tokens over every process: the stored lengths, or the sampled batches' own."""
+        if self.data.train.sampling is None:
+            return sum(self.data.train.target_tokens(ids) for ids in group)
+        return int(distributed.all_sum([float(sum(b.n_tgt_tokens for b in batches))], self.world)[0])
 
 
 def _normalised(config: dict, source: str) -> dict:

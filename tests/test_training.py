@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from mtcli.checkpoint import BEST, LATEST, load_checkpoint, read_checkpoint
-from mtcli.config import TrainConfig
 from mtcli.data.toy import toy_split
 from mtcli.runlog import RunLog
-from mtcli.training import Callback, Schedule, train
+from mtcli.training import Callback, train
 from tests.conftest import tiny_config
 
 
@@ -77,23 +76,6 @@ def test_max_epochs_stops_training(tmp_path):
     two = train(tiny_config("seq2seq", tmp_path / "run2",
                             train={"max_steps": 0, "max_epochs": 2, "validate_every": 1000}))
     assert two.epoch == 2 and two.step == 2 * end.step  # the same number of batches every epoch
-
-
-def test_schedules():
-    warm = Schedule(TrainConfig(lr=1.0, warmup_steps=10, scheduler="inverse_sqrt", min_lr=0.0))
-    assert warm.lr(5) == pytest.approx(0.5) and warm.lr(10) == 1.0 and warm.lr(40) == pytest.approx(0.5)
-    const = Schedule(TrainConfig(lr=1.0, warmup_steps=0, scheduler="constant"))
-    assert const.lr(1) == 1.0 and const.lr(1000) == 1.0
-    plateau = Schedule(TrainConfig(lr=1.0, warmup_steps=0, scheduler="plateau", plateau_patience=1,
-                                   plateau_factor=0.5, min_lr=0.1))
-    plateau.validated(True)
-    plateau.validated(False)
-    assert plateau.lr(100) == 1.0
-    plateau.validated(False)
-    assert plateau.lr(100) == 0.5
-    for _ in range(20):
-        plateau.validated(False)
-    assert plateau.lr(100) == 0.1  # never below min_lr
 
 
 def test_training_again_resumes_from_the_latest_checkpoint(tmp_path):

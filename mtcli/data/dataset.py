@@ -12,17 +12,35 @@ import torch
 
 from mtcli.config import DataConfig
 from mtcli.data.batching import Batch, EpochPlan, Example, LengthRuns, make_example, padded, plan_epoch
+from mtcli.data.batching import collate as collate_examples
 from mtcli.data.corpus import ParallelText, load_split, train_sources
 from mtcli.data.prepared import PreparedCorpus, Progress, _no_progress, prepare_corpus, prepare_tokenizers
-from mtcli.data.tokenizers import BOS, EOS, PAD, Tokenizer
+from mtcli.data.tokenizers import BOS, EOS, PAD, SentencePieceTokenizer, Tokenizer
 from mtcli.errors import DataError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Subword regularization (data.spm_alpha, data.spm_nbest): every training batch segmented anew, drawn
+    with a generator seeded by the batch's key; the prepared ids stay the deterministic segmentation."""
+
+    src: SentencePieceTokenizer
+    tgt: SentencePieceTokenizer
+    alpha: float
+    nbest: int
+
+    def examples(self, pairs: list[tuple[list[int], list[int]]], key: tuple[int, ...]) -> list[Example]:
+        rng = np.random.default_rng(list(key))
+        src = self.src.sample([s for s, _ in pairs], self.alpha, self.nbest, rng)
+        tgt = self.tgt.sample([t for _, t in pairs], self.alpha, self.nbest, rng)
+        return [make_example(s, t) for s, t in zip(src, tgt)]
 
 
 class TrainSet:
     """The training pairs of every corpus under one id space (corpus after corpus), mixed by weight."""
 
-    def __init__(self, corpora: list[PreparedCorpus], weights: list[float]):
-        self.corpora, self.weights = corpora, weights
+    def __init__(self, corpora: list[PreparedCorpus], weights: list[float], sampling: Sampling | None = None):
+        self.corpora, self.weights, self.sampling = corpora, weights, sampling
         self.bases = np.cumsum([0] + [len(c) for c in corpora])
 
     def __len__(self) -> int:
@@ -47,7 +65,21 @@ class TrainSet:
         """Real target tokens of the pairs, EOS included."""
         return sum(int(corpus.tgt_len[local].sum()) + len(local) for corpus, _, local in self._parts(ids))
 
-    def collate(self, ids: np.ndarray) -> Batch:
+    def pairs(self, ids: np.ndarray) -> list[tuple[list[int], list[int]]]:
+        """The stored (source, target) ids of each pair, without EOS."""
+        out: list = [None] * len(ids)
+        for corpus, rows, local in self._parts(ids):
+            for row, i in zip(rows, local):
+                s, t = corpus.src_offsets[i], corpus.tgt_offsets[i]
+                out[row] = (corpus.src[s: s + corpus.src_len[i]].tolist(),
+                            corpus.tgt[t: t + corpus.tgt_len[i]].tolist())
+        return out
+
+    def collate(self, ids: np.ndarray, key: tuple[int, ...] | None = None) -> Batch:
+        """The pairs `ids` as one padded batch; with subword sampling and a `key`, segmented anew (the same
+        key, the same segmentation)."""
+        if self.sampling is not None and key is not None:
+            return collate_examples(self.sampling.examples(self.pairs(ids), key))
         src_len, tgt_len = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
         parts = self._parts(ids)
         for corpus, rows, local in parts:
@@ -129,7 +161,8 @@ def prepare_train(cfg: DataConfig, tokenizers: tuple[Tokenizer, Tokenizer] | Non
                      f"empty side and {m['dropped_long']} longer than data.max_len={cfg.max_len} tokens "
                      f"({'prepared before' if hit else 'prepared now'}: {corpus.folder})")
         corpora.append(corpus)
-    return src_tok, tgt_tok, TrainSet(corpora, [s.corpus.weight for s in sources]), notes
+    sampling = Sampling(src_tok, tgt_tok, cfg.spm_alpha, cfg.spm_nbest) if cfg.spm_alpha else None
+    return src_tok, tgt_tok, TrainSet(corpora, [s.corpus.weight for s in sources], sampling), notes
 
 
 def prepare_data(cfg: DataConfig, tokenizers: tuple[Tokenizer, Tokenizer] | None = None,

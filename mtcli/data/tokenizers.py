@@ -7,13 +7,17 @@ tokenizer travels inside a checkpoint that loads without executing code.
 from __future__ import annotations
 
 import collections
+import functools
+import heapq
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import sentencepiece as spm
 
 from mtcli.errors import CheckpointError, DataError
@@ -101,6 +105,70 @@ class SentencePieceTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts, out_type=int, num_threads=len(os.sched_getaffinity(0)))
+
+    def sample(self, rows: list[list[int]], alpha: float, nbest: int, rng: np.random.Generator) -> list[list[int]]:
+        """The texts of `rows` segmented anew, drawing from `rng` alone (sentencepiece's own sampler is
+        salted per process, so a resumed run could not draw the same again). Unigram: one of the `nbest`
+        best segmentations, with probability proportional to exp(alpha * score), as sentencepiece samples
+        for nbest > 1 (Kudo 2018); BPE: the merges, each skipped with probability alpha (BPE-dropout)."""
+        texts = [self.decode(row) for row in rows]
+        if self.is_bpe:
+            return [self._bpe_dropout(text, alpha, rng) for text in texts]
+        out = []
+        for candidates in self.sp.nbest_encode_as_ids(texts, nbest_size=nbest):
+            starts = np.cumsum([0] + [len(ids) for ids in candidates[:-1]])
+            scores = alpha * np.add.reduceat(self.scores[list(itertools.chain.from_iterable(candidates))], starts)
+            weights = np.exp(scores - scores.max())
+            out.append(candidates[rng.choice(len(candidates), p=weights / weights.sum())])
+        return out
+
+    @functools.cached_property
+    def is_bpe(self) -> bool:
+        try:  # sentencepiece offers n-best segmentations for unigram models only
+            self.sp.nbest_encode_as_ids("a", nbest_size=2)
+        except RuntimeError:
+            return True
+        return False
+
+    @functools.cached_property
+    def scores(self) -> np.ndarray:
+        """Each piece's score: its log-probability (unigram) or minus its merge rank (BPE)."""
+        return np.array([self.sp.get_score(i) for i in range(self.vocab_size)])
+
+    @functools.cached_property
+    def merged(self) -> dict[str, int]:
+        """Piece -> id of the ordinary pieces (not the specials): what a BPE merge may produce."""
+        return {self.sp.id_to_piece(i): i for i in range(self.vocab_size)
+                if not (self.sp.is_unknown(i) or self.sp.is_control(i) or self.sp.is_unused(i))}
+
+    def _bpe_dropout(self, text: str, alpha: float, rng: np.random.Generator) -> list[int]:
+        """sentencepiece's BPE encoding (best-scored adjacent pair merged first, leftmost among equals),
+        each merge skipped with probability alpha. With alpha 0 it is sentencepiece's own segmentation for
+        the models mtcli trains (no user-defined or unused pieces, no byte fallback)."""
+        symbols = list(self.sp.normalize(text))
+        after = list(range(1, len(symbols))) + [-1]
+        before = list(range(-1, len(symbols) - 1))
+        agenda: list[tuple[float, int, int, int]] = []
+
+        def consider(left: int, right: int) -> None:
+            piece = symbols[left] + symbols[right] if left >= 0 and right >= 0 else ""
+            if piece in self.merged:
+                heapq.heappush(agenda, (-self.scores[self.merged[piece]], left, right, len(piece)))
+
+        for left in range(len(symbols) - 1):
+            consider(left, left + 1)
+        while agenda:
+            _, left, right, size = heapq.heappop(agenda)
+            if not (symbols[left] and symbols[right]) or len(symbols[left] + symbols[right]) != size \
+                    or rng.random() < alpha:
+                continue  # stale (a side was merged since), or dropped
+            symbols[left], symbols[right] = symbols[left] + symbols[right], ""
+            after[left] = after[right]
+            if after[right] >= 0:
+                before[after[right]] = left
+            consider(before[left], left)
+            consider(left, after[left])
+        return [self.merged.get(piece, UNK) for piece in symbols if piece]
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
