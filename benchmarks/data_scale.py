@@ -101,11 +101,11 @@ def first_step_time(metrics: Path) -> float | None:
     return None
 
 
-def train_run(command: list[str], run_dir: Path, env: dict, tree: bool = False) -> dict:
+def train_run(command: list[str], run_dir: Path, env: dict, tree: bool = False, cwd: Path = ROOT) -> dict:
     """Run a training command; seconds to its first step and the memory peaks of its process(es)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.time()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(proc.pid, tree)
     sampler.start()
     first = None
@@ -122,8 +122,8 @@ def train_run(command: list[str], run_dir: Path, env: dict, tree: bool = False) 
     return {"first_step_s": first - start, "wall_s": time.time() - start, "peaks": workers}
 
 
-def mtcli_train(python: str, corpus: Path, run_dir: Path, steps: int) -> list[str]:
-    return [python, "-m", "mtcli", "train", str(CONFIG), "--set", f"data.dir={corpus}", "--set",
+def mtcli_train(python: str, corpus: Path, run_dir: Path, steps: int, root: Path = ROOT) -> list[str]:
+    return [python, "-m", "mtcli", "train", str(root / CONFIG.relative_to(ROOT)), "--set", f"data.dir={corpus}", "--set",
             f"run_dir={run_dir}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1", "--set",
             "train.validate_every=1000000", "--set", "train.max_minutes=0", "--set", "train.samples=0"]
 
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mtcli-data-scale"))
     parser.add_argument("--old", type=Path, help="an older checkout: its cold start is measured too")
-    parser.add_argument("--old-sizes", default="3000000", help="sizes for --old")
+    parser.add_argument("--old-sizes", default="300000,3000000", help="sizes for --old")
     parser.add_argument("--torchrun", type=int, default=3000000, help="corpus size for 2 processes (0: none)")
     parser.add_argument("--skip-prepare", action="store_true", help="no data prepare / fairseq run")
     args = parser.parse_args()
@@ -227,8 +227,10 @@ def main() -> None:
         report_run("cold", size, train_run(command, args.work / "run", run_env))
         report_run("cache-hit", size, train_run(command, args.work / "run", run_env))
         if args.old and str(size) in args.old_sizes.split(","):
+            # `python -m` puts the working folder first on sys.path: the old code runs from its own folder
             old_env = dict(env, PYTHONPATH=str(args.old))
-            report_run("old-code", size, train_run(command, args.work / "run", old_env), code=args.old)
+            old = mtcli_train(sys.executable, corpus, args.work / "run", args.steps, args.old)
+            report_run("old-code", size, train_run(old, args.work / "run", old_env, cwd=args.old), code=args.old)
         if size == args.torchrun:
             torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         *command[1:]]

@@ -126,7 +126,7 @@ def forced_attention(bundle: Bundle, data: ParallelText, batch_size: int = 64) -
     out: list[torch.Tensor] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        batch = collate(chunk, list(range(len(chunk)))).to(device)
+        batch = collate(chunk).to(device)
         if hasattr(model, "attention_maps"):  # the Transformer: one teacher-forced pass, all positions at once
             cross = model.attention_maps(batch.src, batch.src_mask, batch.tgt_in)["cross"]  # (B, L, H, T, S)
             maps = cross.permute(0, 3, 1, 2, 4).flatten(2, 3).float().cpu()  # (B, T + 1, L * H, S)

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from mtcli.distributed import world_from_env
 from mtcli.errors import MtcliError, ReportedElsewhere
 from mtcli.files import check_output_file, check_output_folder
 
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
     from mtcli.checkpoint import Bundle
     from mtcli.config import DecodeConfig
 
-# Typer's usage errors derive from click's ClickException (vendored inside Typer in recent releases)
-ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+try:  # Typer's usage errors derive from click's ClickException: vendored in Typer >= 0.20, a dependency before
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 
 
 class PlainArgument(TyperArgument):
@@ -159,15 +162,15 @@ def user_errors(command: Callable) -> Callable:
             message = str(exc)
         except OSError as exc:  # a file operation without its own message: still one line, naming the file
             message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
-        rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
-        typer.echo(f"error: {message}" if rank == "0" else f"error (rank {rank}): {message}", err=True)
+        world = world_from_env()  # under torchrun, say which process it was
+        typer.echo(f"error: {message}" if world.main else f"error (rank {world.rank}): {message}", err=True)
         raise typer.Exit(1)
     return wrapper
 
 
 def acknowledge_stop(name: str) -> None:
     """Said at once when SIGINT/SIGTERM arrives during training (rank 0 speaks for all processes)."""
-    if os.environ.get("RANK", "0") == "0":
+    if world_from_env().main:
         os.write(2, f"\n{name}: stopping after the update or validation under way, with a final "
                     "checkpoint\n".encode())
 
@@ -249,7 +252,7 @@ def train(
         display.close()  # the live progress bar ends before any error line
     if end.reason == "interrupted":
         saved = f"saved {end.saved}" if end.saved else "nothing saved yet"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 saved and speaks for all
+        if world_from_env().main:  # under torchrun: rank 0 saved and speaks for all
             stderr.print(f"stopped by {end.signal or 'an interrupt'} at step {end.step}: {saved}; "
                          "run the same command to resume", soft_wrap=True)
         raise typer.Exit(143 if end.signal == "SIGTERM" else 130)

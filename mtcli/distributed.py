@@ -1,7 +1,8 @@
 """torch.distributed under torchrun: which process this is, and the few collectives training needs.
 
 `torchrun --nproc_per_node N -m mtcli train CONFIG` sets RANK, LOCAL_RANK and WORLD_SIZE; without them
-(a plain `mtcli train`) there is one process and every function here is a no-op.
+(a plain `mtcli train`) there is one process and every function here is a no-op. torch is imported by the
+functions that need it, so that asking which process this is costs nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def world_from_env() -> World:
 
 def start(world: World, device: torch.device) -> None:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA)."""
+    import torch.distributed as dist
+
     if world.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
@@ -50,6 +53,8 @@ def stop(clean: bool = True) -> None:
     """Leave the process group; after a normal end, first wait for everyone (gloo aborts a process that
     tears down its connections while a peer still uses them). After an error, do not wait: the peers may
     never arrive, and torchrun stops them when this process exits."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         # A finished Trainer sits in a reference cycle with its DDP wrapper, which holds the group: collect it
         # now, while the group and the interpreter are alive. Left to a later collection, the group's gloo
@@ -62,6 +67,9 @@ def stop(clean: bool = True) -> None:
 
 def all_sum(values: list[float], world: World) -> list[float]:
     """Element-wise sum over all processes (float64, so step counts and seconds stay exact)."""
+    import torch
+    import torch.distributed as dist
+
     if not world.distributed:
         return values
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
@@ -72,6 +80,8 @@ def all_sum(values: list[float], world: World) -> list[float]:
 
 def broadcast(obj: Any, world: World, group: Any = None) -> Any:
     """Rank 0's `obj` on every process (plain picklable data, sent once per validation or at start)."""
+    import torch.distributed as dist
+
     if not world.distributed:
         return obj
     box = [obj]
@@ -87,6 +97,8 @@ PREPARE_TIMEOUT = timedelta(hours=6)
 @contextlib.contextmanager
 def patient_group(world: World, timeout: timedelta = PREPARE_TIMEOUT) -> Iterator[Any]:
     """A gloo group of every process whose collectives wait up to `timeout` (None without torchrun)."""
+    import torch.distributed as dist
+
     if not world.distributed:
         yield None
         return
@@ -108,6 +120,8 @@ def share(items: list[T], world: World) -> list[T]:
 
 def gather(obj: Any, world: World) -> list[Any]:
     """Every process's `obj`, in rank order, on every process."""
+    import torch.distributed as dist
+
     if not world.distributed:
         return [obj]
     out: list[Any] = [None] * world.size

@@ -96,7 +96,7 @@ def decode_examples(model: Backend, examples: list[Example], decode: DecodeConfi
     try:
         with Precision(decode.precision, device).autocast():  # bf16: the search runs under autocast
             for index in plan_batches(model, examples, order, decode, need_attention):
-                batch = collate([examples[i] for i in index], index, with_target=False).to(device)
+                batch = collate([examples[i] for i in index], with_target=False).to(device)
                 limits = output_limits(batch.src_mask, decode.max_len, decode.max_len_ratio)
                 found = search(model, batch.src, batch.src_mask, limits, strategy(decode), chosen, need_attention)
                 for i, hyps in zip(index, found):
@@ -254,7 +254,7 @@ class Translator:
         try:
             with Precision(self.decode.precision, device).autocast():
                 for index in plan_batches(self.model, examples, order, single):
-                    batch = collate([examples[i] for i in index], index).to(device)
+                    batch = collate([examples[i] for i in index]).to(device)
                     found = forced_log_probs(self.model, batch.src, batch.src_mask, batch.tgt_in, batch.tgt_out)
                     for row, i in enumerate(index):
                         scores[i] = found[row, : len(examples[i].tgt) + 1].tolist()

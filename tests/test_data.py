@@ -131,7 +131,7 @@ def test_bucketing_keeps_padding_small():
 
 
 def test_collate_shapes_and_specials():
-    batch = collate([make_example([5, 6], [7]), make_example([5], [7, 8, 9])], [0, 1])
+    batch = collate([make_example([5, 6], [7]), make_example([5], [7, 8, 9])])
     assert batch.src.tolist() == [[5, 6, EOS], [5, EOS, PAD]]
     assert batch.tgt_in.tolist() == [[2, 7, PAD, PAD], [2, 7, 8, 9]]
     assert batch.tgt_out.tolist() == [[7, EOS, PAD, PAD], [7, 8, 9, EOS]]

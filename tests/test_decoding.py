@@ -116,8 +116,7 @@ def test_reference_scores_are_the_sum_of_token_scores_and_the_training_loss(in_w
     scored = model.score(SENTENCES, references)
     bundle = model.bundle
     for source, reference, result in zip(SENTENCES, references, scored):
-        batch = collate([make_example(bundle.src_tokenizer.encode(source), bundle.tgt_tokenizer.encode(reference))],
-                        [0])
+        batch = collate([make_example(bundle.src_tokenizer.encode(source), bundle.tgt_tokenizer.encode(reference))])
         with torch.no_grad():
             hidden = bundle.model(batch.src, batch.src_mask, batch.tgt_in, features_only=True)
             loss = output_loss(hidden.flatten(0, 1), bundle.model.output.weight, batch.tgt_out.flatten(), PAD, 0.0)

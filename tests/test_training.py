@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import torch
 
 from mtcli.checkpoint import BEST, LATEST, load_checkpoint, read_checkpoint
 from mtcli.config import TrainConfig
+from mtcli.data.toy import toy_split
 from mtcli.runlog import RunLog
 from mtcli.training import Callback, Schedule, train
 from tests.conftest import tiny_config
@@ -38,9 +40,12 @@ def test_training_reports_through_callbacks_and_writes_the_run_folder(tmp_path):
     assert kinds.count("step") == 3 and kinds.count("validation") == 2  # steps 10/20/30; validations at 15, 30
     steps = [e for k, e in recorder.events if k == "step"]
     assert [e.step for e in steps] == [10, 20, 30]
-    assert all(e.tokens_per_s > 0 and e.loss > 0 and e.lr > 0 for e in steps)
+    # warmup 5 then inverse square root: lr = 0.003 * sqrt(5 / step)
+    assert [e.lr for e in steps] == pytest.approx([0.003 * (5 / s) ** 0.5 for s in (10, 20, 30)], rel=1e-12)
     validation = [e for k, e in recorder.events if k == "validation"][-1]
-    assert 0 <= validation.bleu.score <= 100 and validation.ppl > 1 and len(validation.samples) == 1
+    assert validation.ppl == pytest.approx(math.exp(validation.loss)) and len(validation.samples) == 1
+    src, ref, hyp = validation.samples[0]  # the first dev pair and its translation
+    assert (src, ref) == (toy_split(cfg.data.toy, "dev")[0].src, toy_split(cfg.data.toy, "dev")[0].tgt)
     assert end.reason == "max_steps" and end.step == 30 and end.checkpoint == cfg.run_path / BEST
     run = cfg.run_path
     assert (run / BEST).is_file() and (run / LATEST).is_file() and (run / "config.yaml").is_file()

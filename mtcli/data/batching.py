@@ -29,13 +29,11 @@ class Batch:
     src_mask: torch.Tensor  # (B, S) bool, True at real tokens
     tgt_in: torch.Tensor | None  # (B, T) BOS y1 .. yn
     tgt_out: torch.Tensor | None  # (B, T) y1 .. yn EOS
-    index: list[int]  # position of each row in the example list
     n_tgt_tokens: int  # real target tokens incl. EOS
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), move(self.src_mask), move(self.tgt_in), move(self.tgt_out),
-                     self.index, self.n_tgt_tokens)
+        return Batch(move(self.src), move(self.src_mask), move(self.tgt_in), move(self.tgt_out), self.n_tgt_tokens)
 
 
 def make_example(src_ids: list[int], tgt_ids: list[int]) -> Example:
@@ -49,13 +47,13 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def collate(examples: list[Example], index: list[int], with_target: bool = True) -> Batch:
+def collate(examples: list[Example], with_target: bool = True) -> Batch:
     src = _pad([e.src for e in examples])
     if not with_target:
-        return Batch(src, src != PAD, None, None, index, 0)
+        return Batch(src, src != PAD, None, None, 0)
     tgt_in = _pad([[BOS] + e.tgt for e in examples])
     tgt_out = _pad([e.tgt + [EOS] for e in examples])
-    return Batch(src, src != PAD, tgt_in, tgt_out, index, sum(len(e.tgt) + 1 for e in examples))
+    return Batch(src, src != PAD, tgt_in, tgt_out, sum(len(e.tgt) + 1 for e in examples))
 
 
 def padded(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, before: int | None = None,
@@ -201,5 +199,5 @@ def pair_length(example: Example) -> int:
 
 def iterate_batches(examples: list[Example], batch_tokens: int, seed: int | None = None) -> list[Batch]:
     lengths = [pair_length(e) for e in examples]
-    return [collate([examples[i] for i in idx], idx.tolist())
+    return [collate([examples[i] for i in idx])
             for idx in token_batches(lengths, batch_tokens, seed, [len(e.src) for e in examples])]

@@ -63,9 +63,8 @@ class TrainSet:
             tgt_in[rows, : block.shape[1]] = block
             block = padded(corpus.tgt, t_off, tgt_len[rows], after=EOS)
             tgt_out[rows, : block.shape[1]] = block
-        src_t = torch.from_numpy(src)
-        return Batch(src_t, src_t != PAD, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), ids.tolist(),
-                     int(tgt_len.sum()) + len(ids))
+        src_t, tokens = torch.from_numpy(src), int(tgt_len.sum()) + len(ids)
+        return Batch(src_t, src_t != PAD, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), tokens)
 
     def mean_lengths(self) -> tuple[float, float]:
         """Mean source and target length over the pairs (EOS included)."""
