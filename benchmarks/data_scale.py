@@ -79,8 +79,11 @@ class Sampler(threading.Thread):
         self.phase = "after"
 
     def run(self) -> None:
+        pids, tick = [self.pid], 0
         while not self.stop.is_set():
-            pids = [self.pid] + (descendants(self.pid) if self.tree else [])
+            if self.tree and tick % 20 == 0:  # a walk of /proc costs CPU: the process tree is re-read once a second
+                pids = [self.pid] + descendants(self.pid)
+            tick += 1
             for pid in pids:
                 s = status(pid)
                 if not s:

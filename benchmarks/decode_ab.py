@@ -28,12 +28,13 @@ CONFIGS = ["experiments/bench-transformer.yaml", "experiments/bench-attention.ya
 FIXED = ["decode.batch_size=64", "decode.min_len=30", "decode.max_len=31", "decode.max_len_ratio=1000"]
 
 
-def import_baseline(folder: Path) -> dict:
-    """The baseline's modules, imported from `folder` and moved aside to sys.modules['mtcli_base...']."""
+def import_baseline(folder: Path, names: tuple[str, ...] = ("config", "inference", "models")) -> dict:
+    """The baseline's modules mtcli.<name>, imported from `folder` and moved aside to sys.modules['mtcli_base...'],
+    so that this checkout's mtcli can be imported beside them."""
     sys.path.insert(0, str(folder))
     try:
-        modules = {name: importlib.import_module(f"mtcli.{name}") for name in ("config", "inference", "models")}
-        assert Path(modules["config"].__file__).is_relative_to(folder), "the baseline was not imported"
+        modules = {name: importlib.import_module(f"mtcli.{name}") for name in names}
+        assert Path(modules[names[0]].__file__).is_relative_to(folder), "the baseline was not imported"
     finally:
         sys.path.remove(str(folder))
     for name in [n for n in sys.modules if n == "mtcli" or n.startswith("mtcli.")]:
@@ -69,13 +70,24 @@ def timed(translate, texts: list[str]) -> tuple[float, list[list[str]]]:
     return clock() - start, [r.tgt_pieces for r in results]
 
 
-def compare(name: str, old_translator, new_translator, beam: int, texts: list[str], args) -> None:
+def baseline_translate(base: dict, model, src_tok, tgt_tok, decode, beam: int):
+    """The baseline's translate with greedy (beam 1) or beam search: asked through its decode config where
+    that names a strategy (since 5a970e5), else through translate's beam_size."""
+    import functools
+
+    fields = base["config"].DecodeConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(decode).items() if k in fields}
+    if "strategy" in fields:
+        values.update(strategy="beam", beam_size=beam)
+    translator = base["inference"].Translator(model, src_tok, tgt_tok, base["config"].DecodeConfig(**values))
+    return translator.translate if "strategy" in fields else functools.partial(translator.translate, beam_size=beam)
+
+
+def compare(name: str, old_translate, new_translator, beam: int, texts: list[str], args) -> None:
     """The baseline's and this checkout's translate on each batch of 64 sentences in turn, alternating which
     goes first, so that both meet the same machine load: per repetition the total seconds of each, and the
     median over all batches of old seconds / new seconds."""
-    import functools
-
-    translate = {"old": functools.partial(old_translator.translate, beam_size=beam), "new": new_translator.translate}
+    translate = {"old": old_translate, "new": new_translator.translate}
     for which in translate:
         timed(translate[which], texts[:64])  # warm-up, untimed
     runs: dict[str, list[float]] = {"old": [], "new": []}
@@ -161,11 +173,9 @@ def main() -> None:
             old_model = base["models"].build_model(base["config"].ModelConfig(**config_to_dict(cfg)["model"]),
                                                    src_tok.vocab_size, tgt_tok.vocab_size).eval()
             old_model.load_state_dict(model.state_dict())
-            fields = base["config"].DecodeConfig.__dataclass_fields__
-            old_decode = base["config"].DecodeConfig(**{k: v for k, v in vars(cfg.decode).items() if k in fields})
-            old = base["inference"].Translator(old_model, src_tok, tgt_tok, old_decode)
             for beam in (1, 5):
                 new = Translator(model, src_tok, tgt_tok, request(cfg.decode, strategy="beam", beam_size=beam))
+                old = baseline_translate(base, old_model, src_tok, tgt_tok, cfg.decode, beam)
                 compare(name, old, new, beam, texts, args)
         if args.only != "ab":
             torch.manual_seed(2)

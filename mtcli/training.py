@@ -38,7 +38,7 @@ from mtcli.errors import (
 )
 from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
-from mtcli.loss import output_loss
+from mtcli.kernels.loss import output_loss
 from mtcli.metrics import Score, lower_is_better, score
 from mtcli.models import Backend, build_model
 from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
@@ -161,7 +161,7 @@ class Schedule:
 
 
 def batch_loss(model: Backend, batch: Batch, smoothing: float, net: torch.nn.Module | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the batch's real target tokens, fused with the output layer (mtcli.loss).
+    """Summed cross-entropy over the batch's real target tokens, fused with the output layer (mtcli.kernels.loss).
 
     `net` runs the forward pass when it is not the model itself (the DistributedDataParallel wrapper)."""
     hidden = (net or model)(batch.src, batch.src_mask, batch.tgt_in, features_only=True)  # (B, T, D)

@@ -19,7 +19,7 @@ from mtcli.config import DecodeConfig
 from mtcli.data.batching import collate, make_example
 from mtcli.data.tokenizers import PAD
 from mtcli.inference import plan_batches
-from mtcli.loss import output_loss
+from mtcli.kernels.loss import output_loss
 from mtcli.models.ensemble import Ensemble
 from tests.conftest import tiny_dict, train_tiny_runs
 from tests.test_cli import invoke, one_line_error

@@ -139,41 +139,11 @@ def test_each_backend_learns_to_reverse_sequences(backend, steps, least):
     assert accuracy >= least, accuracy  # whole sequences right; chance is about 0
 
 
-def test_cpu_dropout_keeps_the_right_share_scales_and_passes_gradients_through_the_kept_elements():
-    from mtcli.models.base import Dropout
-
-    torch.manual_seed(0)
-    drop = Dropout(0.3)
-    x = torch.ones(1000, 101, requires_grad=True)  # an odd element count
-    y = drop(x)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.005
-    assert torch.allclose(y[kept], torch.tensor(1 / 0.7))
-    y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # d y / d x is the same scaled mask
-    assert drop(x.bfloat16()).dtype == torch.bfloat16
-    torch.manual_seed(0)
-    assert torch.equal(drop(x), y)  # the global generator decides: seeded runs repeat
-    assert not torch.equal(drop(x), y)  # and each call draws a fresh mask from it
-    drop.eval()
-    assert drop(x) is x
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_relu_dropout_in_one_step_gives_the_values_and_gradients_of_relu_then_dropout(dtype):
-    from mtcli.models.base import Dropout
-
-    drop = Dropout(0.25)
-    x1 = torch.randn(300, 77).to(dtype).requires_grad_()
-    x2 = x1.detach().clone().requires_grad_()
-    g = torch.randn(300, 77).to(dtype)
-    torch.manual_seed(5)
-    y1 = drop(x1, relu=True)
-    torch.manual_seed(5)
-    y2 = drop(torch.relu(x2))
-    assert torch.equal(y1, y2) and (y1 == 0).float().mean() > 0.5  # about half negative, a quarter dropped
-    y1.backward(g)
-    y2.backward(g)
-    assert torch.equal(x1.grad, x2.grad) and (x1.grad != 0).any()
-    drop.eval()
-    assert torch.equal(drop(x1, relu=True), torch.relu(x1))
+def test_the_transformer_feed_forward_keeps_the_checkpoint_names_ff_0_and_ff_3():
+    model = tiny_model(backend="transformer")
+    keys = [k for k in model.state_dict() if ".ff." in k]
+    assert keys == [f"{side}_layers.0.ff.{i}.{p}" for side in ("encoder", "decoder") for i in (0, 3)
+                    for p in ("weight", "bias")]
+    ff = model.encoder_layers[0].ff
+    assert ff.inner.weight is model.state_dict(keep_vars=True)["encoder_layers.0.ff.0.weight"]
+    assert ff.outer.weight is model.state_dict(keep_vars=True)["encoder_layers.0.ff.3.weight"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,69 +101,6 @@ class Backend(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def random_words(count: int) -> torch.Tensor:
-    """`count` uniformly random int64 words from a fresh SFC64 generator whose seed is drawn from torch's
-    global generator."""
-    seed = int(torch.randint(1 << 62, ()).item())
-    return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper random mask on the CPU, where drawing one random number per element
-    dominates dropout's cost: each 64-bit random word gives four 16-bit uniforms, so an element is kept
-    with probability 1 - round(p * 65536) / 65536 (p to within 1e-5). The words come from numpy's SFC64
-    generator, about twice as fast as torch's Mersenne Twister, seeded by one draw of torch's global
-    generator: same reproducibility under torch.manual_seed and on resume (that generator's state is what
-    checkpoints keep). Same results as nn.Dropout in distribution; on other devices and in eval mode it
-    is nn.Dropout."""
-
-    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        """dropout(x), or with relu=True dropout(relu(x)) as one step that keeps only its output for the
-        backward pass (the next layer keeps that tensor anyway), not also the ReLU output and the mask."""
-        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
-            return super().forward(torch.relu(x) if relu else x)
-        n = x.numel()
-        words = random_words((n + 3) // 4)
-        threshold = round(self.p * 65536) - 32768  # int16 values below it are dropped
-        # the 0/1 mask is written in x's dtype straight from the comparison: multiplying by it is several
-        # times faster than torch.where or masked_fill with a boolean mask, and than converting one
-        keep = torch.ge(words.view(torch.int16)[:n].view(x.shape), threshold, out=x.new_empty(x.shape))
-        return (_ReluKeepScale if relu else _KeepScale).apply(x, keep, 1.0 / (1.0 - self.p))
-
-
-class _KeepScale(torch.autograd.Function):
-    """x * keep * scale with a 0/1 mask `keep` in x's dtype, which the backward pass reuses."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.mul(x, keep).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.mul(grad, keep).mul_(ctx.scale), None, None
-
-
-class _ReluKeepScale(torch.autograd.Function):
-    """relu(x) * keep * scale. Its gradient is scale where the output is positive and 0 elsewhere (an
-    element is positive exactly when it was kept and x > 0), so the output is all the backward needs."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        out = torch.mul(x, keep).clamp_min_(0).mul_(scale)
-        ctx.save_for_backward(out)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        positive = torch.gt(out, 0, out=out.new_empty(out.shape))
-        return torch.mul(grad, positive).mul_(ctx.scale), None, None
 
 
 class OutputLayer(nn.Module):

@@ -17,8 +17,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mtcli.config import BackendOptions, Choice, ModelConfig
+from mtcli.kernels.dropout import Dropout
 from mtcli.models.attention import SCORES, attend
-from mtcli.models.base import Backend, Dropout, OutputLayer, State, make_embeddings
+from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 

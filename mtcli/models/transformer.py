@@ -1,8 +1,6 @@
-"""Transformer backend: pre-norm encoder-decoder, sinusoidal positions, multi-head attention through
-torch's scaled_dot_product_attention, and incremental decoding with a key/value cache.
-
-Attention runs in torch's fused kernel, or as plain products where those are faster (one-query decoding
-steps, bf16 autocast on a CPU) or the weights are wanted (visualization).
+"""Transformer backend: pre-norm encoder-decoder, sinusoidal positions, multi-head attention, and
+incremental decoding with a key/value cache. Attention and dropout run through mtcli.kernels, which
+chooses how to compute them.
 """
 
 from __future__ import annotations
@@ -13,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtcli.config import BackendOptions, ModelConfig
-from mtcli.models.base import Backend, Dropout, OutputLayer, State, make_embeddings
+from mtcli.kernels.attention import attention
+from mtcli.kernels.dropout import Dropout, relu_dropout
+from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
 
 
 @dataclass(frozen=True)
@@ -61,41 +60,38 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, D) queries over keys/values (B, h, S, d); mask (B, 1, 1, S) True = attend."""
-        q = self.split(self.q_proj(x))  # (B, h, T, d)
-        weights = None
-        if need_weights or x.size(1) == 1 or (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
-            out, weights = attention_products(q, k, v, mask, causal)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-        out = out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, D)
-        return self.out_proj(out), weights if need_weights else None
+        """x (B, T, D) queries over keys/values (B, h, S, d); mask (B, 1, 1, S) True = attend. Returns the
+        output (B, T, D) and, with need_weights, the weights (B, h, T, S)."""
+        out, weights = attention(self.split(self.q_proj(x)), k, v, mask, causal, need_weights)  # (B, h, T, d)
+        return self.out_proj(out.transpose(1, 2).reshape(x.size(0), x.size(1), -1)), weights
 
 
-def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                       causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T / sqrt(d)) v with its weights, as plain products. Used where they beat the fused
-    kernel: one-query decoding steps, and bf16 autocast on a CPU, where torch's fused bf16 attention
-    trains ~4x slower than these products (25.9 vs 6.5 ms forward+backward at 136x4x30x64, torch 2.13);
-    under autocast the products run in bf16 and the softmax in fp32."""
-    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, h, T, S)
-    if causal:
-        scores = scores.masked_fill(scores.new_ones(scores.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)  # fp32 even when the products are bf16
-    return weights.to(v.dtype) @ v, weights
-
-
-class FeedForward(nn.Sequential):
-    """Linear, ReLU, dropout, Linear; the ReLU and the dropout run as one step (Dropout(relu=True)), so
-    self[1] is not called: it stays so that the Linears keep their checkpoint names (ff.0, ff.3)."""
+class FeedForward(nn.Module):
+    """FFN(x) = W2 dropout(relu(W1 x + b1)) + b2, position by position (Vaswani et al.), with ReLU and
+    dropout as one kernel. W1 and W2 are registered as "0" and "3", their places in the nn.Sequential
+    (Linear, ReLU, Dropout, Linear) of earlier versions, so that checkpoints keep the names ff.0.*, ff.3.*."""
 
     def __init__(self, dim: int, ff_dim: int, dropout: float):
-        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ff_dim, dim))
+        super().__init__()
+        self.p = dropout
+        self.add_module("0", nn.Linear(dim, ff_dim))
+        self.add_module("3", nn.Linear(ff_dim, dim))
+
+    @property
+    def inner(self) -> nn.Linear:
+        """W1, b1: dim -> ff_dim."""
+        return self._modules["0"]
+
+    @property
+    def outer(self) -> nn.Linear:
+        """W2, b2: ff_dim -> dim."""
+        return self._modules["3"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[3](self[2](self[0](x), relu=True))
+        return self.outer(relu_dropout(self.inner(x), self.p, self.training))  # (B, T, D)
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.p}"
 
 
 class EncoderLayer(nn.Module):
@@ -203,8 +199,8 @@ class Transformer(Backend):
 
         Returns "encoder" (B, encoder layers, heads, S, S), "decoder" (B, decoder layers, heads, T, T;
         causal) and "cross" (B, decoder layers, heads, T, S); query positions down, key positions across.
-        The same computation as features(), through the explicit-weights path of MultiHeadAttention
-        (attention_products). Call it under torch.no_grad() in eval mode.
+        The same computation as features(), with the attention weights asked for (need_weights).
+        Call it under torch.no_grad() in eval mode.
         """
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         x = self._embed(self.src_embed, src)

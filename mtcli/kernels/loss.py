@@ -9,7 +9,16 @@ allocator reuses. The value and the gradients are those of
 
     F.cross_entropy(hidden @ weight.T, target, ignore_index=PAD, label_smoothing=eps, reduction="sum")
 
-up to floating-point rounding (tests/test_loss.py checks it against that).
+up to floating-point rounding (tests/test_kernels.py checks it against that).
+
+Measured on a 2-core CPU (AVX-512 BF16), torch 2.13, training bf16 bench configs:
+  - against that plain loss: bench-transformer ~3,470 -> ~4,150 tok/s and ~400 MB less peak memory;
+    bench-attention 5,982 -> 8,135 tok/s (padding rows left out before the output layer).
+  - the probabilities from torch.softmax (its kernel ~0.7 ms for a 262 x 8,000 fp32 slice, against
+    ~1.2 ms for exp alone) and the log-normaliser from the row maximum's probability: in-process A/B
+    against one exp per logit: bf16 Transformer +1.9 / +3.7%, fp32 +1.6 / -0.1%, bf16 attention RNN
+    +1.6 / +2.2%.
+  - slices of 131 to 1,048 rows instead of 262 (ROW_ELEMENTS at an 8k vocabulary): slower.
 """
 
 from __future__ import annotations
