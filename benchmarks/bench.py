@@ -120,7 +120,7 @@ def decode_child(args: argparse.Namespace) -> dict:
     from mtcli.data.corpus import load_split
     from mtcli.data.dataset import prepare_train
     from mtcli.inference import Translator
-    from mtcli.metrics import bleu
+    from mtcli.metrics import score
     from mtcli.models import build_model
 
     torch.set_num_threads(args.threads)
@@ -153,7 +153,7 @@ def decode_child(args: argparse.Namespace) -> dict:
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "params": model.parameter_count()}
     if refs is not None:
-        record["bleu"] = bleu([t.text for t in outputs], refs).score
+        record["bleu"] = score("bleu", texts, [t.text for t in outputs], refs).score
     return record
 
 

@@ -153,7 +153,7 @@ def main() -> None:
 
     import torch
 
-    from mtcli.config import load_config
+    from mtcli.config import config_to_dict, load_config
     from mtcli.data.corpus import load_split
     from mtcli.inference import Translator
     from mtcli.models import build_model
@@ -170,7 +170,7 @@ def main() -> None:
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size).eval()
         request = dataclasses.replace
         if args.only != "others":
-            old_model = base["models"].build_model(base["config"].ModelConfig(**vars(cfg.model)),
+            old_model = base["models"].build_model(base["config"].ModelConfig(**config_to_dict(cfg)["model"]),
                                                    src_tok.vocab_size, tgt_tok.vocab_size).eval()
             old_model.load_state_dict(model.state_dict())
             for beam in (1, 5):

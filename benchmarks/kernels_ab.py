@@ -136,7 +136,8 @@ def train_ab(args: argparse.Namespace) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 run = trainer(new, config, overrides, tmp)
             cfg, model = run.cfg, run.model.train()
-            old_model = old["models"].build_model(old["config"].ModelConfig(**vars(cfg.model)),
+            keys = new["config"].config_to_dict(cfg)["model"]  # flat, as YAML writes it: read by either checkout
+            old_model = old["models"].build_model(old["config"].ModelConfig(**keys),
                                                   run.data.src_tokenizer.vocab_size, run.data.tgt_tokenizer.vocab_size)
             old_model.load_state_dict(model.state_dict())
             old_model.train()

@@ -5,13 +5,12 @@ Pure functions over texts, tensors and checkpoints; knows nothing of the termina
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
 from mtcli.checkpoint import Bundle
@@ -20,8 +19,11 @@ from mtcli.data.batching import collate, make_example
 from mtcli.data.corpus import ParallelText
 from mtcli.errors import MtcliError
 from mtcli.inference import describe, translator
+from mtcli.metrics import METRICS
+from mtcli.models import BACKENDS
+from mtcli.runlog import read_records
+from mtcli.visualize import pick_map
 
-METRICS = ("bleu", "chrf", "ter")
 DEFAULT_SAMPLES = {"bs": 1000, "ar": 10000}  # sacrebleu's own defaults, stated here so reports can say them
 
 # ---------------------------------------------------------------- significance
@@ -45,9 +47,11 @@ def _number(value: float | None, digits: int) -> float | None:
 
 
 def paired_significance(systems: list[tuple[str, list[str]]], references: list[str], test: str = "bs",
-                        samples: int = 0) -> tuple[list[SystemScores], dict[str, str]]:
+                        samples: int = 0, sources: list[str] | None = None
+                        ) -> tuple[list[SystemScores], dict[str, str]]:
     """sacrebleu's paired bootstrap resampling (`bs`) or approximate randomization (`ar`) of every system
-    against the first, for BLEU, chrF and TER; returns the scores and the metric signatures.
+    against the first, for every metric of METRICS that sacrebleu can resample (the others: their score
+    alone); returns the scores and the metric signatures.
 
     Confidence intervals come from bootstrap resampling in both cases (sacrebleu's own estimate).
     sacrebleu's fixed seed (SACREBLEU_SEED, default 12345) makes the figures reproducible.
@@ -55,18 +59,25 @@ def paired_significance(systems: list[tuple[str, list[str]]], references: list[s
     named = list(systems)
     if len(named) == 1:  # sacrebleu estimates the baseline's interval while comparing: compare it to itself
         named.append((named[0][0] + " (copy)", named[0][1]))
-    metrics = {"BLEU": BLEU(), "chrF2": CHRF(), "TER": TER()}
+    metrics = {key: metric.paired() for key, metric in METRICS.items() if metric.paired}
     paired = PairedTest(named, metrics, [references], test_type=test, n_samples=samples or DEFAULT_SAMPLES[test],
                         n_ar_confidence=0 if test == "ar" else -1)
-    signatures, table = paired()
+    by_name, table = paired()  # keyed by sacrebleu's names of the scores ('chrF2'), in the order given
+    names = dict(zip(metrics, by_name))
+    signatures = {key: str(by_name[name]) for key, name in names.items()}
     out = []
-    for i, (name, _) in enumerate(systems):
-        results = {key: table[label][i] for key, label in zip(METRICS, metrics)}
-        out.append(SystemScores(
+    for i, (name, outputs) in enumerate(systems):
+        results = {key: table[names[key]][i] for key in metrics}
+        scores = SystemScores(
             name, {k: _number(r.score, 2) for k, r in results.items()},
             {k: _number(r.mean, 2) for k, r in results.items()}, {k: _number(r.ci, 2) for k, r in results.items()},
-            {k: None if i == 0 else _number(r.p_value, 4) for k, r in results.items()}))
-    return out, {key: str(signatures[label]) for key, label in zip(METRICS, metrics)}
+            {k: None if i == 0 else _number(r.p_value, 4) for k, r in results.items()})
+        for key in METRICS.keys() - metrics.keys():
+            score = METRICS[key].score(sources or [""] * len(outputs), outputs, references)
+            scores.score[key], scores.mean[key], scores.ci[key], scores.p_value[key] = score.score, None, None, None
+            signatures[key] = score.signature
+        out.append(scores)
+    return out, {key: signatures[key] for key in METRICS}
 
 
 # ---------------------------------------------------------------- BLEU by source length
@@ -200,21 +211,19 @@ def alignment_report(bundle: Bundle, data: ParallelText) -> AlignmentReport | No
         if m.size(0) != tgt_words + 1 or m.size(2) != src_words + 1:
             raise MtcliError("attention vs. gold alignments needs a word-level (whitespace) tokenizer")
 
-    def score(select) -> AlignmentScore:
-        return score_alignments([argmax_links(select(m.view(m.size(0), layers, heads, -1)), t, s)
-                                 for m, (t, s) in zip(maps, sizes)], data.alignments)
+    def score(select) -> AlignmentScore:  # select: (T + 1, K, S) maps -> one (T + 1, S) map
+        return score_alignments([argmax_links(select(m), t, s) for m, (t, s) in zip(maps, sizes)], data.alignments)
 
-    config = bundle.config.model
-    if config.backend == "attention":
-        return AlignmentReport(f"{config.attention} attention", score(lambda m: m[:, 0, 0]), "attention")
-    per_layer = {f"layer {layer + 1}": score(lambda m, layer=layer: m[:, layer].mean(dim=1))
-                 for layer in range(layers)}
-    heads_scores = {f"layer {layer + 1} head {head + 1}": score(lambda m, layer=layer, head=head: m[:, layer, head])
-                    for layer in range(layers) for head in range(heads)}
+    kind = BACKENDS[bundle.config.model.backend].attention_label(bundle.config.model)
+    if layers * heads == 1:
+        return AlignmentReport(kind, score(lambda m: m[:, 0]), "attention")
+    per_layer = {f"layer {layer}": score(lambda m, layer=layer: pick_map(m, (layers, heads), layer))
+                 for layer in range(1, layers + 1)}
+    heads_scores = {f"layer {layer} head {head}": score(lambda m, layer=layer, head=head: pick_map(
+        m, (layers, heads), layer, head)) for layer in range(1, layers + 1) for head in range(1, heads + 1)}
     best = min(heads_scores.items(), key=lambda item: item[1].aer)
     last = f"layer {layers}"
-    return AlignmentReport("transformer cross-attention", per_layer[last], f"mean of {heads} heads, {last}",
-                           best, per_layer)
+    return AlignmentReport(kind, per_layer[last], f"mean of {heads} heads, {last}", best, per_layer)
 
 
 # ---------------------------------------------------------------- run facts
@@ -229,12 +238,8 @@ def run_facts(bundle: Bundle) -> dict:
         facts["tokens_per_s"] = round(meta["tokens"] / meta["train_seconds"], 1)
     metrics = bundle.path.parent / "metrics.jsonl"
     if facts["tokens_per_s"] is None and metrics.is_file():  # runs written before checkpoints kept the count
-        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed process
-            if isinstance(record, dict) and record.get("event") == "end":
+        for record in read_records(metrics):
+            if record.get("event") == "end":
                 facts["tokens_per_s"] = record.get("tokens_per_s")
     return facts
 
@@ -274,7 +279,7 @@ class Comparison:
                 "significance_test": self.test, "samples": self.samples, "signatures": self.signatures,
                 "runs": [{"name": r.name, "backend": r.backend, **r.facts,
                           **{m: {"score": r.scores.score[m], "mean": r.scores.mean[m], "ci95": r.scores.ci[m],
-                                 "p_value": r.scores.p_value[m]} for m in METRICS},
+                                 "p_value": r.scores.p_value[m]} for m in r.scores.score},
                           "bleu_by_length": [{"source_words": b.label, "sentences": b.sentences, "bleu": b.bleu}
                                              for b in r.buckets],
                           "alignment": r.alignment.as_dict() if r.alignment else None} for r in self.runs]}
@@ -282,7 +287,7 @@ class Comparison:
 
 def backend_label(bundle: Bundle) -> str:
     model = bundle.config.model
-    return f"attention ({model.attention})" if model.backend == "attention" else model.backend
+    return BACKENDS[model.backend].label(model)
 
 
 def compare_runs(bundles: list[Bundle], data: ParallelText, decodes: list[DecodeConfig] | None = None,
@@ -295,7 +300,7 @@ def compare_runs(bundles: list[Bundle], data: ParallelText, decodes: list[Decode
     if len(set(names)) < len(names):
         names = [str(b.path) for b in bundles]
     outputs = [[t.text for t in translator(b, d).translate(data.src)] for b, d in zip(bundles, decodes)]
-    scores, signatures = paired_significance(list(zip(names, outputs)), data.tgt, test, samples)
+    scores, signatures = paired_significance(list(zip(names, outputs)), data.tgt, test, samples, data.src)
     runs = [RunComparison(name, backend_label(b), run_facts(b), score, length_buckets(data.src, out, data.tgt,
                                                                                       bucket_width),
                           alignment_report(b, data))

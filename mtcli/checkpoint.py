@@ -26,6 +26,7 @@ from mtcli.config import ExperimentConfig, config_from_dict, config_to_dict
 from mtcli.data.tokenizers import Tokenizer, tokenizer_from_state
 from mtcli.errors import CheckpointError, ConfigError
 from mtcli.files import atomic_write, writing
+from mtcli.metrics import lower_is_better
 from mtcli.models import Backend, build_model
 
 FORMAT = "mtcli-checkpoint-1"
@@ -235,7 +236,7 @@ def choose_for_average(run_dir: Path, last: int | None, best: int | None) -> lis
     want = last or best
     if best is not None:
         entries = [e for e in entries if e["value"] is not None]
-        entries.sort(key=lambda e: (e["value"] if metric == "loss" else -e["value"], e["step"]))
+        entries.sort(key=lambda e: (e["value"] if lower_is_better(metric) else -e["value"], e["step"]))
     else:
         entries.sort(key=lambda e: -e["step"])
     if len(entries) < want:

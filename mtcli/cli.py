@@ -276,7 +276,8 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the translations here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Score a model with sacreBLEU (BLEU, chrF, TER, with signatures); default: the config's test set."""
+    """Score a model with every metric of mtcli/metrics.py (sacreBLEU's BLEU, chrF, chrF++, TER, with signatures);
+    default: the config's test set."""
     from mtcli.evaluation import evaluate as run_evaluation
     from mtcli.evaluation import test_set
     from mtcli.ui import scores_table
@@ -534,8 +535,9 @@ def compare(
                                                                        "(.png/.svg/.pdf).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Compare runs on one test set: BLEU, chrF, TER with 95% confidence intervals, paired significance
-    against the first run, BLEU by source length, and attention vs. gold alignments on the toy pair."""
+    """Compare runs on one test set: every metric (BLEU, chrF, chrF++, TER) with 95% confidence intervals,
+    paired significance against the first run, BLEU by source length, and attention vs. gold alignments on the
+    toy pair."""
     from mtcli.analysis import compare_runs
     from mtcli.evaluation import test_set
 

@@ -1,7 +1,8 @@
 """Experiment configuration: YAML -> frozen, typed dataclasses.
 
 Every user mistake becomes one ConfigError line naming the file, the key path and the fix.
-This module knows nothing of data, models or the terminal.
+This module knows nothing of data, models or the terminal: the names it accepts for backends (and their own
+keys), strategies and metrics it reads, when a config is checked, from the dicts that define them.
 """
 
 from __future__ import annotations
@@ -9,20 +10,35 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 
 from mtcli.errors import ConfigError
 
-Backend = Literal["seq2seq", "attention", "transformer"]
+
+class Choice:
+    """`Annotated[str, Choice(table)]`: one of the keys of a dict kept with the code they name (backends,
+    attention scores, strategies, metrics), so that dict is the one place that lists them. `table` is the
+    dict, or "module:NAME" for one in a module that imports this one (read when a value is checked)."""
+
+    def __init__(self, table: Mapping[str, Any] | str, *extra: str):
+        self.table, self.extra = table, extra
+
+    def names(self) -> tuple[str, ...]:
+        table = self.table
+        if isinstance(table, str):
+            module, _, name = table.partition(":")
+            table = getattr(importlib.import_module(module), name)
+        return (*table, *self.extra)
 
 
 @dataclass(frozen=True)
@@ -71,19 +87,77 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """A backend's own model keys (its `Options`, declared with its code in mtcli/models/): a frozen dataclass
+    of typed keys with defaults, written flat in the model section beside the keys every backend has."""
+
+    positive: ClassVar[tuple[str, ...]] = ()  # keys that must be above zero
+
+    def check(self, model: ModelConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+        """The checks that need a range or another key; `fail("model.KEY", message)` reports a mistake."""
+        for name in self.positive:
+            if getattr(self, name) <= 0:
+                fail(f"model.{name}", f"must be positive, got {getattr(self, name)}")
+
+
+def backend_options(backend: str) -> type[BackendOptions]:
+    from mtcli.models import BACKENDS  # the models import this module: the dict is read when it is needed
+
+    return BACKENDS[backend].Options
+
+
+def _option_types(options: type[BackendOptions]) -> dict[str, Any]:
+    hints = typing.get_type_hints(options, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(options)}
+
+
+@dataclass(frozen=True, init=False)
 class ModelConfig:
-    backend: Backend = "transformer"
+    """The keys every backend has, and in `options` the backend's own, read as if they were here too
+    (cfg.heads, cfg.rnn_type): built as a YAML model section is written, flat,
+    ModelConfig(backend="attention", hidden_dim=64). The other backends' keys are accepted and left out
+    (reference.yaml and stored configs list them all)."""
+
+    backend: Annotated[str, Choice("mtcli.models:BACKENDS")] = "transformer"
     embed_dim: int = 256
-    hidden_dim: int = 256
     encoder_layers: int = 2
     decoder_layers: int = 2
-    rnn_type: Literal["gru", "lstm"] = "gru"
-    bidirectional: bool = True
-    attention: Literal["additive", "dot", "general"] = "additive"
-    heads: int = 4
-    ff_dim: int = 1024
     dropout: float = 0.1
     tie_embeddings: Literal["none", "decoder", "all"] = "none"
+    options: BackendOptions = None  # the backend's Options; None: from the keys given
+
+    def __init__(self, **keys: Any):
+        common = {f.name: keys.pop(f.name, f.default) for f in dataclasses.fields(self)}
+        own = backend_options(common["backend"])
+        names = {f.name for f in dataclasses.fields(own)}
+        options = common.pop("options") or own(**{k: keys.pop(k) for k in list(keys) if k in names})
+        if not isinstance(options, own) or set(keys) & names:
+            raise TypeError(f"ModelConfig: options for the {common['backend']} backend are {own.__name__}")
+        unknown = set(keys) - set(model_key_types(None))
+        if unknown:
+            raise TypeError(f"ModelConfig: unknown keys {', '.join(sorted(unknown))}")
+        for name, value in {**common, "options": options}.items():
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is None or name.startswith("__") or name not in {f.name for f in dataclasses.fields(options)}:
+            raise AttributeError(f"model.{name}: not a key of the {self.__dict__.get('backend')} backend")
+        return getattr(options, name)
+
+
+def model_key_types(backend: str | None) -> dict[str, Any]:
+    """Every key a model section may hold -> its type: the common keys, the backend's own (None: any
+    backend's), then the other backends' keys, checked by the type their first backend gives them."""
+    from mtcli.models import BACKENDS
+
+    hints = typing.get_type_hints(ModelConfig, include_extras=True)
+    found = {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig) if f.name != "options"}
+    chosen = [BACKENDS[backend]] if isinstance(backend, str) and backend in BACKENDS else []
+    for cls in chosen + list(BACKENDS.values()):
+        for name, tp in _option_types(cls.Options).items():
+            found.setdefault(name, tp)
+    return found
 
 
 @dataclass(frozen=True)
@@ -119,7 +193,7 @@ class TrainConfig:
     validate_every: int = 500
     valid_beam_size: int = 1
     samples: int = 3
-    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    best_metric: Annotated[str, Choice("mtcli.metrics:METRICS", "loss")] = "bleu"
     patience: int = 0
     keep_last: int = 3
     keep_best: int = 1
@@ -132,7 +206,7 @@ MAX_WIDTH = 256  # most hypotheses per sentence (beam size, n-best, samples): be
 class DecodeConfig:
     """A decode request: how tokens are chosen (search/mtcli.search) and what may be chosen."""
 
-    strategy: Literal["beam", "greedy", "sampling"] = "beam"
+    strategy: Annotated[str, Choice("mtcli.search:STRATEGIES")] = "beam"
     beam_size: int = 5
     n_best: int = 1
     length_penalty: float = 0.6
@@ -175,6 +249,8 @@ def _type_name(tp: Any) -> str:
         return "null"
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if typing.get_origin(tp) is Annotated:
+        return "one of " + ", ".join(_choices(tp))
     if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
@@ -193,9 +269,19 @@ def _same_shape(value: Any, tp: Any) -> bool:
         isinstance(value, dict) and dataclasses.is_dataclass(tp))
 
 
+def _choices(tp: Any) -> tuple[str, ...]:
+    """The names an `Annotated[str, Choice(...)]` accepts."""
+    return next(extra for extra in tp.__metadata__ if isinstance(extra, Choice)).names()
+
+
 def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     """Check `value` (parsed YAML) against the annotation `tp`; return the typed value."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        value = _convert(value, typing.get_args(tp)[0], source, path)
+        if value not in _choices(tp):
+            _fail(source, path, f"{value!r} is not one of {', '.join(_choices(tp))}")
+        return value
     if dataclasses.is_dataclass(tp):
         if value is None:  # a section with every key commented out
             value = {}
@@ -246,21 +332,30 @@ def _convert(value: Any, tp: Any, source: str, path: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r}")  # a bug in this module, not the user's
 
 
-def _unknown_key(cls: type, key: str, source: str, path: str) -> typing.NoReturn:
-    names = [f.name for f in dataclasses.fields(cls)]
+def _key_types(cls: type, data: dict) -> dict[str, Any]:
+    """The keys a section of type `cls` may hold -> their types; `data`: the section as given so far."""
+    if cls is ModelConfig:
+        return model_key_types(data.get("backend", ModelConfig.backend))
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(names: list[str], key: str, source: str, path: str) -> typing.NoReturn:
     near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
     hint = f"did you mean '{near[0]}'?" if near else "known keys: " + ", ".join(names)
     _fail(source, f"{path}.{key}" if path else str(key), f"unknown key ({hint})")
 
 
 def _build(cls: type, data: dict, source: str, path: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    if cls is ModelConfig and "backend" in data:  # the backend first: it decides which keys are its own
+        data = {"backend": data["backend"], **data}
+        data["backend"] = _convert(data["backend"], _key_types(cls, {})["backend"], source, f"{path}.backend")
+    known = _key_types(cls, data)
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            _unknown_key(cls, key, source, path)
-        kwargs[key] = _convert(value, hints[key], source, f"{path}.{key}" if path else key)
+            _unknown_key(list(known), key, source, path)
+        kwargs[key] = _convert(value, known[key], source, f"{path}.{key}" if path else key)
     for f in dataclasses.fields(cls):
         if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             _fail(source, f"{path}.{f.name}" if path else f.name, "missing (this key has no default)")
@@ -276,9 +371,10 @@ def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
         path = ".".join(keys[:depth])
         if not dataclasses.is_dataclass(cls):
             _fail(source, path, f"is a value, not a section (cannot set '{dotted}')")
-        if key not in {f.name for f in dataclasses.fields(cls)}:
-            _unknown_key(cls, key, source, path)
-        cls = typing.get_type_hints(cls)[key]
+        known = _key_types(cls, node if isinstance(node, dict) else {})
+        if key not in known:
+            _unknown_key(list(known), key, source, path)
+        cls = known[key]
         if depth == len(keys) - 1:
             _convert(value, cls, source, dotted)  # a wrong type is the override's mistake, not the file's
             node[key] = value
@@ -310,9 +406,8 @@ def _validate(cfg: ExperimentConfig, source: str, overridden: tuple[str, ...] = 
         _fail("--set" if by_override else source, key, message)
 
     positive = {
-        "model.embed_dim": cfg.model.embed_dim, "model.hidden_dim": cfg.model.hidden_dim,
+        "model.embed_dim": cfg.model.embed_dim,
         "model.encoder_layers": cfg.model.encoder_layers, "model.decoder_layers": cfg.model.decoder_layers,
-        "model.heads": cfg.model.heads, "model.ff_dim": cfg.model.ff_dim,
         "data.vocab_size": cfg.data.vocab_size, "data.max_len": cfg.data.max_len,
         "train.batch_tokens": cfg.train.batch_tokens, "train.lr": cfg.train.lr,
         "train.log_every": cfg.train.log_every, "train.validate_every": cfg.train.validate_every,
@@ -339,18 +434,9 @@ def _validate(cfg: ExperimentConfig, source: str, overridden: tuple[str, ...] = 
         fail("train.label_smoothing", f"must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.max_epochs == 0 and cfg.train.max_steps == 0 and cfg.train.max_minutes == 0:
         fail("train.max_epochs", "set max_epochs, max_steps or max_minutes, or training never stops")
-    if cfg.model.backend == "transformer" and cfg.model.embed_dim % cfg.model.heads:
-        fail("model.heads", f"{cfg.model.heads} does not divide model.embed_dim {cfg.model.embed_dim}")
-    if cfg.model.backend == "transformer" and cfg.model.embed_dim % 2:
-        fail("model.embed_dim", "must be even for sinusoidal positions")
-    if cfg.model.backend != "transformer" and cfg.model.bidirectional and cfg.model.hidden_dim % 2:
-        fail("model.hidden_dim", "must be even with a bidirectional encoder (half per direction)")
+    cfg.model.options.check(cfg.model, fail)
     if cfg.model.tie_embeddings == "all" and not cfg.data.joint_vocab:
         fail("model.tie_embeddings", "'all' needs data.joint_vocab: true (one vocabulary for both sides)")
-    rnn = cfg.model.backend != "transformer"
-    if rnn and cfg.model.tie_embeddings != "none" and cfg.model.embed_dim != cfg.model.hidden_dim:
-        fail("model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
-              f"(got {cfg.model.embed_dim} and {cfg.model.hidden_dim})")
     for i, corpus in enumerate(cfg.data.corpora):
         if not corpus.weight > 0:
             _fail(source, f"data.train[{i}].weight", f"must be positive, got {corpus.weight}")
@@ -408,7 +494,7 @@ def decode_with(decode: DecodeConfig, values: dict[str, Any], source: str) -> De
     data = dataclasses.asdict(decode)
     for key, value in values.items():
         if key not in data:
-            _unknown_key(DecodeConfig, key, source, "decode")
+            _unknown_key(list(data), key, source, "decode")
         data[key] = value
     result = _build(DecodeConfig, data, source, "decode")
     check_decode(result, lambda key, message: _fail(source, key, message))
@@ -505,9 +591,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict:
-    """Plain data (lists, not tuples) for YAML, JSON and checkpoints."""
-    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+    """Plain data (lists, not tuples) for YAML, JSON and checkpoints; the model section flat, as written."""
+    data = dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
                                                                for k, v in items})
+    data["model"].update(data["model"].pop("options"))
+    return data
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

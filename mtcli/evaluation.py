@@ -1,4 +1,4 @@
-"""Scoring a trained model on a test set: translate, detokenize, sacrebleu BLEU / chrF / TER.
+"""Scoring a trained model on a test set: translate, detokenize, score with every metric of mtcli.metrics.
 
 Knows nothing of the terminal; the CLI renders the result as a table or JSON.
 """
@@ -56,6 +56,6 @@ def evaluate(bundle: Bundle, data: ParallelText, decode: DecodeConfig | None = N
     hypotheses = [t.text for t in translator(bundle, decode).translate(data.src)]
     seconds = time.perf_counter() - start
     beam = decode.beam_size if decode.strategy == "beam" else 1
-    return EvaluationResult(bundle_name(bundle), data.name, len(data), beam, corpus_scores(hypotheses, data.tgt),
-                            hypotheses, seconds, alignment_report(bundle, data), decode.precision, describe(decode),
-                            asdict(decode))
+    scores = corpus_scores(data.src, hypotheses, data.tgt)
+    return EvaluationResult(bundle_name(bundle), data.name, len(data), beam, scores, hypotheses, seconds,
+                            alignment_report(bundle, data), decode.precision, describe(decode), asdict(decode))

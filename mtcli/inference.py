@@ -47,19 +47,13 @@ def decode_request(decode: DecodeConfig, source: str = "options", *, beam: int |
 
 
 def describe(decode: DecodeConfig) -> str:
-    """'greedy', 'beam 5' or 'sampling (temperature 1, top-k 10, seed 1)'."""
-    if decode.strategy == "sampling":
-        parts = [f"temperature {decode.temperature:g}"] + [f"top-k {decode.top_k}"] * bool(decode.top_k) + \
-                [f"top-p {decode.top_p:g}"] * (decode.top_p < 1)
-        return f"sampling ({', '.join(parts)}, seed {decode.seed})"
-    return "greedy" if decode.strategy == "greedy" or decode.beam_size == 1 else f"beam {decode.beam_size}"
+    """'greedy', 'beam 5' or 'sampling (temperature 1, top-k 10, seed 1)': as the strategy says it."""
+    return strategy(decode).describe()
 
 
 def width(decode: DecodeConfig) -> int:
     """Rows the search keeps per sentence: the beam, the samples, or one."""
-    if decode.strategy == "sampling":
-        return decode.n_best
-    return decode.beam_size if decode.strategy == "beam" else 1
+    return strategy(decode).width
 
 
 # ---------------------------------------------------------------- batches of search

@@ -1,10 +1,16 @@
-"""Corpus scores through sacrebleu (BLEU, chrF, TER), each with its reproducibility signature."""
+"""Corpus scores: each metric a function of sources, hypotheses and references, named in METRICS. evaluate,
+compare, report and validation (train.best_metric) use every entry; sacrebleu's carry their signatures.
+
+Knows nothing of models, files or the terminal.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics.base import Metric as SacrebleuMetric
 
 
 @dataclass(frozen=True)
@@ -12,28 +18,51 @@ class Score:
     name: str
     score: float
     signature: str
-    detail: str  # sacrebleu's own one-line rendering (n-gram precisions, brevity penalty, ...)
+    detail: str  # the metric's own one-line rendering (sacrebleu's: n-gram precisions, brevity penalty, ...)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _score(metric: BLEU | CHRF | TER, hypotheses: list[str], references: list[str]) -> Score:
-    result = metric.corpus_score(hypotheses, [references])
-    return Score(result.name, round(float(result.score), 2), str(metric.get_signature()), str(result))
+@dataclass(frozen=True)
+class Metric:
+    """score(sources, hypotheses, references) -> Score, one reference per sentence, detokenized text.
+    `paired` makes the sacrebleu object that compare's paired significance tests resample; without it,
+    compare shows the score alone."""
+
+    label: str  # in tables: 'BLEU', 'chrF2'
+    score: Callable[[list[str], list[str], list[str]], Score]
+    higher_is_better: bool = True
+    paired: Callable[[], SacrebleuMetric] | None = None
 
 
-def bleu(hypotheses: list[str], references: list[str]) -> Score:
-    return _score(BLEU(), hypotheses, references)
+def sacrebleu_metric(label: str, make: Callable[[], SacrebleuMetric], higher_is_better: bool = True) -> Metric:
+    """A sacrebleu metric: its corpus score with its signature, and its paired tests in compare."""
+    def score(sources: list[str], hypotheses: list[str], references: list[str]) -> Score:
+        metric = make()
+        result = metric.corpus_score(hypotheses, [references])
+        return Score(result.name, round(float(result.score), 2), str(metric.get_signature()), str(result))
+    return Metric(label, score, higher_is_better, make)
 
 
-def chrf(hypotheses: list[str], references: list[str]) -> Score:
-    return _score(CHRF(), hypotheses, references)
+METRICS: dict[str, Metric] = {
+    "bleu": sacrebleu_metric("BLEU", BLEU),
+    "chrf": sacrebleu_metric("chrF2", CHRF),
+    "chrf++": sacrebleu_metric("chrF2++", lambda: CHRF(word_order=2)),
+    "ter": sacrebleu_metric("TER", TER, higher_is_better=False),
+}
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, Score]:
-    """BLEU, chrF and TER of detokenized hypotheses against one reference each."""
-    assert len(hypotheses) == len(references)
-    return {"bleu": bleu(hypotheses, references),
-            "chrf": _score(CHRF(), hypotheses, references),
-            "ter": _score(TER(), hypotheses, references)}
+def score(name: str, sources: list[str], hypotheses: list[str], references: list[str]) -> Score:
+    return METRICS[name].score(sources, hypotheses, references)
+
+
+def corpus_scores(sources: list[str], hypotheses: list[str], references: list[str]) -> dict[str, Score]:
+    """Every metric of METRICS on detokenized hypotheses against one reference each."""
+    assert len(hypotheses) == len(references) == len(sources)
+    return {name: metric.score(sources, hypotheses, references) for name, metric in METRICS.items()}
+
+
+def lower_is_better(name: str) -> bool:
+    """For train.best_metric: the dev loss, or a metric named in METRICS."""
+    return name == "loss" or not METRICS[name].higher_is_better

@@ -21,8 +21,10 @@ from mtcli.config import DecodeConfig, dump_config
 from mtcli.data.corpus import load_split, split_files
 from mtcli.files import atomic_write_text
 from mtcli.inference import translator
+from mtcli.metrics import METRICS
+from mtcli.models import BACKENDS
 from mtcli.plots import attention_figure, curves_figure, length_figure, svg_markup
-from mtcli.visualize import training_curves
+from mtcli.visualize import pick_map, training_curves
 
 PACKAGES = ("mtcli", "torch", "sacrebleu", "sentencepiece", "typer", "rich", "pyyaml", "matplotlib", "numpy")
 
@@ -83,8 +85,8 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
 def _scores_section(result: Comparison) -> str:
     run = result.runs[0]
     s = run.scores
-    rows = [[name, f"{s.score[m]:.2f}", f"{s.mean[m]:.2f} ± {s.ci[m]:.2f}", result.signatures[m]]
-            for m, name in (("bleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER"))]
+    rows = [[METRICS[m].label, f"{s.score[m]:.2f}", "-" if s.ci[m] is None else f"{s.mean[m]:.2f} ± {s.ci[m]:.2f}",
+             result.signatures[m]] for m in s.score]
     beam = result.search or (f"beam {result.beam_size}" if result.beam_size else "the config's decode settings")
     out = (f"<p>{html.escape(result.test_set)}: {result.sentences} sentences, {beam}; 95% confidence intervals "
            f"by bootstrap resampling ({result.samples} samples).</p>"
@@ -124,13 +126,14 @@ def build_report(bundle: Bundle, decode: DecodeConfig | None = None, samples: in
     parts.append("<h2>Sample translations</h2>")
     sentences = data.src[:samples]
     outputs = translator(bundle, decode).translate(sentences, need_attention=bundle.model.has_attention)
-    layers, heads = bundle.model.attention_shape() if bundle.model.has_attention else (0, 0)
+    layers, heads = bundle.model.attention_shape()
+    what = BACKENDS[bundle.config.model.backend].attention_label(bundle.config.model)
+    what += f", last layer, mean of {heads} heads" if layers * heads > 1 else ""
     for i, (src, out) in enumerate(zip(sentences, outputs)):
         rows = [["source", src], ["reference", data.tgt[i]], ["output", out.text]]
         parts.append(f"<div class=sample>{_table(['', 'text'], rows)}")
         if out.attention is not None:
-            maps = out.attention.view(len(out.tgt_pieces), layers, heads, -1)[:, -1].mean(dim=1)
-            what = "attention" if layers * heads == 1 else f"cross-attention, last layer, mean of {heads} heads"
+            maps = pick_map(out.attention, (layers, heads))
             figure = attention_figure(out.src_pieces, out.tgt_pieces, maps, what)
             parts.append(f"<div class=figure>{svg_markup(figure)}</div>")
         parts.append("</div>")

@@ -14,6 +14,24 @@ from mtcli.files import append_line, writing
 from mtcli.training import Callback, EndEvent, StartEvent, StepEvent, ValidationEvent
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file, in order."""
+    return parse_records(path.read_text(encoding="utf-8", errors="replace").splitlines())
+
+
+def parse_records(lines: list[str]) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl lines; a line cut short by a killed process is skipped."""
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class RunLog(Callback):
     def __init__(self, run_dir: Path):
         with writing(run_dir):

@@ -149,6 +149,10 @@ class Strategy:
     def __init__(self, alpha: float, n_best: int):
         self.alpha, self.n_best = alpha, n_best
 
+    def describe(self) -> str:
+        """How it chooses, for titles and tables: 'greedy', 'beam 5'."""
+        return type(self).__name__.lower()
+
     def start(self, model: Backend, state: State, src: torch.Tensor, limits: torch.Tensor) -> State:
         batch, self.device = src.size(0), src.device
         self.limits, self.done = limits.tolist(), False  # most output tokens of each sentence, EOS included
@@ -198,6 +202,9 @@ class Paths(Strategy):
         self.tokens: list[list[int]] = [[] for _ in self.sent]
         self.lps: list[list[float]] = [[] for _ in self.sent]  # each chosen token's log-probability
         return state
+
+    def describe(self) -> str:
+        return "greedy"
 
     def rows(self, t: int) -> Rows:
         return Rows(t, self.row_limits, 1, lambda: torch.tensor(self.tokens, dtype=torch.long,
@@ -260,6 +267,11 @@ class Sampling(Paths):
         self.draws = (1.0 - torch.stack(draws)).to(src.device)  # (rows, steps) uniform in (0, 1]
         return state
 
+    def describe(self) -> str:
+        parts = [f"temperature {self.temperature:g}"] + [f"top-k {self.top_k}"] * bool(self.top_k) + \
+                [f"top-p {self.top_p:g}"] * (self.top_p < 1)
+        return f"sampling ({', '.join(parts)}, seed {self.seed})"
+
     def _row_seed(self, source: list[int], sample: int) -> int:
         key = f"{self.seed} {sample} {source}".encode()
         return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
@@ -295,6 +307,9 @@ class Beam(Strategy):
     def __init__(self, alpha: float, n_best: int, k: int):
         super().__init__(alpha, n_best)
         self.width = k
+
+    def describe(self) -> str:
+        return f"beam {self.width}"
 
     def start(self, model: Backend, state: State, src: torch.Tensor, limits: torch.Tensor) -> State:
         state = super().start(model, state, src, limits)
@@ -363,6 +378,7 @@ class Beam(Strategy):
             self.finished[self.sent[g]].append(self._hypothesis(tokens + [EOS], lps + [last], row, lp))
 
 
+# decode.strategy names one of these (mtcli.config reads the names from here)
 STRATEGIES: dict[str, Callable[[DecodeConfig], Strategy]] = {
     "greedy": lambda d: Paths(d.length_penalty, 1),
     "beam": lambda d: Beam(d.length_penalty, d.n_best, d.beam_size) if d.beam_size > 1 else Paths(d.length_penalty, 1),

@@ -39,7 +39,7 @@ from mtcli.errors import (
 from mtcli.files import atomic_write_text, describe_holder, folder_lock
 from mtcli.inference import decode_examples
 from mtcli.kernels.loss import output_loss
-from mtcli.metrics import Score, bleu, chrf
+from mtcli.metrics import Score, lower_is_better, score
 from mtcli.models import Backend, build_model
 from mtcli.optim import Schedule, build_optimizer, weight_average
 from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
@@ -150,7 +150,7 @@ def dev_loss(model: Backend, batches: list[Batch], device: torch.device) -> floa
 def better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
-    return value < best if metric == "loss" else value > best
+    return value < best if lower_is_better(metric) else value > best
 
 
 # What a second `train` on a run folder in use is told to do
@@ -395,7 +395,7 @@ class Trainer:
         cfg, p = self.cfg.train, self.progress
         file = ckpt.step_file(p.step)
         entries = [e for e in p.checkpoints if e["file"] != file] + [{"file": file, "step": p.step, "value": value}]
-        p.checkpoints = ckpt.kept_checkpoints(entries, cfg.keep_last, cfg.keep_best, cfg.best_metric == "loss")
+        p.checkpoints = ckpt.kept_checkpoints(entries, cfg.keep_last, cfg.keep_best, lower_is_better(cfg.best_metric))
         training = {"optimizer": self.optimizer.state_dict(), "optimizer_name": cfg.optimizer,
                     "schedule": self.schedule.state(), "progress": copy.deepcopy(vars(p)), "rng": rng}
         if self.ema is not None:  # the checkpoint's weights are the average; these keep training
@@ -453,12 +453,12 @@ class Trainer:
         decode = dataclasses.replace(cfg.decode, strategy="beam", beam_size=cfg.train.valid_beam_size, n_best=1)
         hyps = decode_examples(self.eval_model, self.data.dev, decode)
         texts = [self.data.tgt_tokenizer.decode(h[0].tokens) for h in hyps]
-        refs = self.data.dev_text.tgt
-        score = bleu(texts, refs)
-        value = {"bleu": lambda: score.score, "loss": lambda: loss,
-                 "chrf": lambda: chrf(texts, refs).score}[cfg.train.best_metric]()
-        samples = [(self.data.dev_text.src[i], refs[i], texts[i]) for i in range(min(cfg.train.samples, len(texts)))]
-        return loss, score, value, samples
+        sources, refs, metric = self.data.dev_text.src, self.data.dev_text.tgt, cfg.train.best_metric
+        bleu = score("bleu", sources, texts, refs)
+        value = loss if metric == "loss" else bleu.score if metric == "bleu" else \
+            score(metric, sources, texts, refs).score
+        samples = [(sources[i], refs[i], texts[i]) for i in range(min(cfg.train.samples, len(texts)))]
+        return loss, bleu, value, samples
 
     def validate(self) -> None:
         """Validate (rank 0), agree on the result, checkpoint, report. Called by every process."""

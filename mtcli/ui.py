@@ -16,8 +16,8 @@ from rich.style import Style
 from rich.table import Column, Table
 from rich.text import Text
 
-from mtcli.analysis import METRICS, AlignmentReport, Comparison, RunComparison
-from mtcli.metrics import Score
+from mtcli.analysis import AlignmentReport, Comparison, RunComparison
+from mtcli.metrics import METRICS, Score
 from mtcli.training import Callback, EndEvent, PrepareEvent, StartEvent, StepEvent, ValidationEvent
 
 if TYPE_CHECKING:
@@ -272,20 +272,22 @@ def _facts_cells(run: RunComparison) -> list[str]:
 
 def _scores_layouts(result: Comparison) -> Fit:
     """One row per run with every column; or, narrower, a row per run and metric, then the run facts."""
+    metrics = list(result.runs[0].scores.score)
     wide = Table()
     wide.add_column("run")
     wide.add_column("backend")
-    _numbers(wide, "BLEU", "p", "chrF2", "p", "TER", "p", "parameters", "train time", "tok/s")
+    _numbers(wide, *[c for m in metrics for c in (METRICS[m].label, "p")], "parameters", "train time", "tok/s")
     for run in result.runs:
-        wide.add_row(run.name, run.backend, *[c for m in METRICS for c in _score_cells(run, m)], *_facts_cells(run))
+        wide.add_row(run.name, run.backend, *[c for m in metrics for c in _score_cells(run, m)], *_facts_cells(run))
     narrow = Table()
     narrow.add_column("run", overflow="fold")
     narrow.add_column("metric", no_wrap=True)
     _numbers(narrow, "mean ± 95% CI", "p")
     for run in result.runs:
-        for metric, label, first in zip(METRICS, ("BLEU", "chrF2", "TER"), (run.name, run.backend, "")):
-            narrow.add_row(Text(first, style="" if first == run.name else "dim"), label, *_score_cells(run, metric),
-                           end_section=metric == METRICS[-1])
+        for i, metric in enumerate(metrics):
+            first = (run.name, run.backend)[i] if i < 2 else ""
+            narrow.add_row(Text(first, style="dim" if i else ""), METRICS[metric].label, *_score_cells(run, metric),
+                           end_section=i == len(metrics) - 1)
     facts = Table()
     facts.add_column("run", overflow="fold")
     _numbers(facts, "parameters", "train time", "tok/s")

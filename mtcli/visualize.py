@@ -9,7 +9,6 @@ No terminal and no matplotlib here: ui.py and plots.py draw the results.
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from mtcli.data.corpus import load_split
 from mtcli.data.tokenizers import BOS, EOS
 from mtcli.errors import MtcliError
 from mtcli.inference import decode_examples, describe, translator
+from mtcli.models import BACKENDS
+from mtcli.runlog import parse_records
 
 GRIDS = {  # --grid kind: what the maps are, rows (queries) x columns (keys)
     "cross": ("cross-attention", "output", "source"),
@@ -140,20 +141,22 @@ def attention_views(bundle: Bundle, sentences: list[str], decode: DecodeConfig |
         raise MtcliError(f"--layer {layer}: the model has {layers} decoder layer(s)")
     if head is not None and head > heads:
         raise MtcliError(f"--head {head}: the model has {heads} attention head(s)")
-    what = bundle.config.model.backend
-    if what == "attention":
-        what = f"{bundle.config.model.attention} attention"
-    elif layers * heads > 1:
-        what += f" cross-attention, layer {layer or layers}/{layers}, " + (
-            f"head {head}/{heads}" if head else f"mean of {heads} heads")
+    what = BACKENDS[bundle.config.model.backend].attention_label(bundle.config.model)
+    if layers * heads > 1:
+        what += f", layer {layer or layers}/{layers}, " + (f"head {head}/{heads}" if head else f"mean of {heads} heads")
     title = f"{bundle.config.name}: {what}, {describe(decode)}"
-    views = []
-    for result in translator(bundle, decode).translate(sentences, need_attention=True):
-        maps = result.attention.view(len(result.tgt_pieces), layers, heads, -1)  # (T, L, H, S)
-        chosen = maps[:, (layer or layers) - 1]  # (T, H, S)
-        weights = chosen.mean(dim=1) if head is None else chosen[:, head - 1]
-        views.append(AttentionView(result.src_pieces, result.tgt_pieces, weights, result.text, title))
-    return views
+    results = translator(bundle, decode).translate(sentences, need_attention=True)
+    return [AttentionView(r.src_pieces, r.tgt_pieces, pick_map(r.attention, (layers, heads), layer, head), r.text,
+                          title) for r in results]
+
+
+def pick_map(attention: torch.Tensor, shape: tuple[int, int], layer: int | None = None, head: int | None = None
+             ) -> torch.Tensor:
+    """(T, K, S) maps, K = layers x heads (`shape`) -> (T, S): one layer's (1-based; default the last) one
+    head, or the mean of its heads."""
+    layers, heads = shape
+    chosen = attention.view(attention.size(0), layers, heads, -1)[:, (layer or layers) - 1]  # (T, H, S)
+    return chosen.mean(dim=1) if head is None else chosen[:, head - 1]
 
 
 def attention_grids(bundle: Bundle, sentences: list[str], decode: DecodeConfig, kind: str) -> list[AttentionGrid]:
@@ -247,14 +250,7 @@ def parse_metrics(lines: list[str], name: str, path: Path) -> RunCurves:
     """The curves of a metrics.jsonl (its lines). A resumed run starts again at its checkpoint's step:
     records past that step were trained again and are replaced; --restart starts a new record.
     Validation records written before they carried "elapsed" get it interpolated from the step records."""
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed process
-        if isinstance(record, dict):
-            records.append(record)
+    records = parse_records(lines)
     curves = RunCurves(name, path)
     steps: dict[int, dict] = {}
     validations: dict[int, dict] = {}

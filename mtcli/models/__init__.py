@@ -1,4 +1,5 @@
-"""Model backends, chosen by name from a plain dict (no registry)."""
+"""Model backends, chosen by name from a plain dict (no registry): a backend is one module here with its
+`Options` (its own model keys and their checks) and one entry below; configs, checks and labels follow."""
 
 from __future__ import annotations
 

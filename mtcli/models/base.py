@@ -10,15 +10,18 @@ A backend is an nn.Module with:
   reorder(state, index, same_sentences) -> state                     beam bookkeeping / pruning
   search_floats(src_len, out_len)       -> int                       memory estimate per hypothesis
 Attention maps are K = layers x heads per step (1 x 1 for the RNN attention backend).
+A backend declares its own model keys (`Options`) and is named in mtcli/models/__init__.py's BACKENDS.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mtcli.config import BackendOptions, ModelConfig
 
 State = dict[str, Any]
 
@@ -35,7 +38,21 @@ def reorder_tree(value: Any, index: torch.Tensor) -> Any:
 
 
 class Backend(nn.Module):
+    """Built from the model section, Backend(cfg, src_vocab, tgt_vocab), where cfg also reads the backend's own
+    keys (cfg.heads): those declared by its `Options`."""
+
+    Options: ClassVar[type[BackendOptions]] = BackendOptions  # the backend's own model keys and their checks
     has_attention: bool = True
+
+    @classmethod
+    def label(cls, cfg: ModelConfig) -> str:
+        """The backend as tables name it: 'transformer', 'attention (additive)'."""
+        return cfg.backend
+
+    @classmethod
+    def attention_label(cls, cfg: ModelConfig) -> str:
+        """What the maps step() returns are, for titles: 'additive attention', 'transformer cross-attention'."""
+        return f"{cfg.backend} attention"
 
     def attention_shape(self) -> tuple[int, int]:
         """(layers, heads) of the K maps that step() returns per target position."""

@@ -7,16 +7,44 @@ Hidden states are kept batch-first in the decoder state, so the generic reorder 
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mtcli.config import ModelConfig
+from mtcli.config import BackendOptions, Choice, ModelConfig
 from mtcli.kernels.dropout import Dropout
 from mtcli.models.attention import SCORES, attend
 from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass(frozen=True)
+class RNNOptions(BackendOptions):
+    """The model keys of both RNN backends."""
+
+    hidden_dim: int = 256  # encoder output and decoder state size (a bidirectional encoder splits it in two)
+    rnn_type: Annotated[str, Choice(RNNS)] = "gru"
+    bidirectional: bool = True
+    positive: typing.ClassVar = ("hidden_dim",)
+
+    def check(self, model: ModelConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+        super().check(model, fail)
+        if self.bidirectional and self.hidden_dim % 2:
+            fail("model.hidden_dim", "must be even with a bidirectional encoder (half per direction)")
+        if model.tie_embeddings != "none" and model.embed_dim != self.hidden_dim:
+            fail("model.tie_embeddings", "tying needs model.embed_dim == model.hidden_dim for RNN backends "
+                 f"(got {model.embed_dim} and {self.hidden_dim})")
+
+
+@dataclass(frozen=True)
+class AttentionOptions(RNNOptions):
+    attention: Annotated[str, Choice(SCORES)] = "additive"  # the score function (mtcli/models/attention.py)
 
 
 class RNNEncoder(nn.Module):
@@ -100,6 +128,7 @@ class RNNDecoderBase(Backend):
 class Seq2Seq(RNNDecoderBase):
     """Encoder-decoder without attention: the decoder sees only one fixed context vector."""
 
+    Options = RNNOptions
     has_attention = False
     sentence_keys = ("context",)
 
@@ -147,7 +176,16 @@ class Seq2Seq(RNNDecoderBase):
 class AttentionSeq2Seq(RNNDecoderBase):
     """Encoder-decoder with attention over all encoder states and input feeding."""
 
+    Options = AttentionOptions
     sentence_keys = ("encoder_out", "keys", "src_mask")
+
+    @classmethod
+    def label(cls, cfg: ModelConfig) -> str:
+        return f"{cfg.backend} ({cfg.attention})"
+
+    @classmethod
+    def attention_label(cls, cfg: ModelConfig) -> str:
+        return f"{cfg.attention} attention"
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
         super().__init__(cfg, src_vocab, tgt_vocab)

@@ -6,14 +6,31 @@ chooses how to compute them.
 from __future__ import annotations
 
 import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mtcli.config import ModelConfig
+from mtcli.config import BackendOptions, ModelConfig
 from mtcli.kernels.attention import attention
 from mtcli.kernels.dropout import Dropout, relu_dropout
 from mtcli.models.base import Backend, OutputLayer, State, make_embeddings
+
+
+@dataclass(frozen=True)
+class TransformerOptions(BackendOptions):
+    heads: int = 4  # attention heads (must divide embed_dim)
+    ff_dim: int = 1024  # feed-forward inner size
+    positive: typing.ClassVar = ("heads", "ff_dim")
+
+    def check(self, model: ModelConfig, fail: Callable[[str, str], typing.NoReturn]) -> None:
+        super().check(model, fail)
+        if model.embed_dim % self.heads:
+            fail("model.heads", f"{self.heads} does not divide model.embed_dim {model.embed_dim}")
+        if model.embed_dim % 2:
+            fail("model.embed_dim", "must be even for sinusoidal positions")
 
 
 def sinusoidal_positions(length: int, dim: int, offset: int = 0) -> torch.Tensor:
@@ -118,7 +135,12 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(Backend):
+    Options = TransformerOptions
     sentence_keys = ("cross_kv", "src_mask")
+
+    @classmethod
+    def attention_label(cls, cfg: ModelConfig) -> str:
+        return f"{cfg.backend} cross-attention"
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
         super().__init__()
