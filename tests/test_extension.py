@@ -109,9 +109,11 @@ def extensions():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, extensions):
-    """A tiny toy run of the bag backend and one of the built-in attention backend, side by side."""
+    """A tiny toy run of the bag backend (best.pt chosen by the new metric) and one of the built-in attention
+    backend, side by side."""
     root = tmp_path_factory.mktemp("extension")
-    bag = tiny_dict("bag", root / "bag", model={"attention": "general"}, train={"max_steps": 40})
+    bag = tiny_dict("bag", root / "bag", model={"attention": "general"},
+                    train={"max_steps": 40, "best_metric": "copied"})
     train_tiny_runs(root, {"attention": tiny_dict("attention", root / "attention"), "bag": bag})
     return root
 
@@ -137,9 +139,13 @@ def test_the_new_backend_has_its_own_keys_and_checks_and_no_rnn_checks(write_yam
 
 
 def test_it_trains_and_its_run_keeps_only_its_own_keys(runs):
-    losses = [r["loss"] for r in map(json.loads, (runs / "bag" / "metrics.jsonl").read_text().splitlines())
-              if r["event"] == "step"]
+    records = [json.loads(line) for line in (runs / "bag" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["event"] == "step"]
     assert len(losses) == 4 and losses[-1] < losses[0]  # steps 10, 20, 30, 40
+    validations = [r for r in records if r["event"] == "validation"]  # chose best.pt by the new metric, lowest best
+    assert len(validations) >= 2 and all(r["metric"] == "copied" for r in validations)
+    assert [r["is_best"] for r in validations] == [i == 0 or r["value"] < min(v["value"] for v in validations[:i])
+                                                   for i, r in enumerate(validations)]
     stored = yaml.safe_load((runs / "bag" / "config.yaml").read_text())["model"]
     assert stored == {"backend": "bag", "embed_dim": 32, "encoder_layers": 1, "decoder_layers": 1, "dropout": 0.0,
                       "tie_embeddings": "none", "hidden_dim": 32, "attention": "general"}
