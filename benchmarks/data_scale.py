@@ -126,8 +126,8 @@ def train_run(command: list[str], run_dir: Path, env: dict, tree: bool = False, 
 
 
 def mtcli_train(python: str, corpus: Path, run_dir: Path, steps: int, root: Path = ROOT) -> list[str]:
-    return [python, "-m", "mtcli", "train", str(root / CONFIG.relative_to(ROOT)), "--set", f"data.dir={corpus}", "--set",
-            f"run_dir={run_dir}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1", "--set",
+    return [python, "-m", "mtcli", "train", str(root / CONFIG.relative_to(ROOT)), "--set", f"data.dir={corpus}",
+            "--set", f"run_dir={run_dir}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1", "--set",
             "train.validate_every=1000000", "--set", "train.max_minutes=0", "--set", "train.samples=0"]
 
 
@@ -147,24 +147,29 @@ def corpus_for(size: int, work: Path) -> Path:
     return folder
 
 
-def prepare_and_fairseq(size: int, corpus: Path, work: Path, env: dict) -> None:
-    cache = work / "cache-prepare"
-    shutil.rmtree(cache, ignore_errors=True)
-    command = [sys.executable, "-m", "mtcli", "data", "prepare", str(CONFIG), "--set", f"data.dir={corpus}",
-               "--set", f"data.cache_dir={cache}"]
+def measured(label: str, command: list[str], env: dict, tree: bool = False) -> tuple[float, dict]:
+    """Run a command to its end: wall seconds and the memory peaks of its process (tree), by pid."""
     start = time.time()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(proc.pid)
+    sampler = Sampler(proc.pid, tree)
     sampler.start()
     proc.wait()
     sampler.stop.set()
     sampler.join()
     if proc.returncode:
-        sys.exit(f"data prepare: {proc.stderr.read().strip()[-500:]}")
-    wall = time.time() - start
+        sys.exit(f"{label}: {proc.stderr.read().strip()[-500:]}")
+    return time.time() - start, sampler.peaks
+
+
+def prepare_and_fairseq(size: int, corpus: Path, work: Path, env: dict) -> None:
+    cache = work / "cache-prepare"
+    shutil.rmtree(cache, ignore_errors=True)
+    command = [sys.executable, "-m", "mtcli", "data", "prepare", str(CONFIG), "--set", f"data.dir={corpus}",
+               "--set", f"data.cache_dir={cache}"]
+    wall, peaks = measured("data prepare", command, env)
     vocab = json.loads(next(cache.glob("vocabulary-*/meta.json")).read_text())
     corpus_meta = json.loads(next(cache.glob("corpus-*/meta.json")).read_text())
-    peak = sampler.peaks[proc.pid]
+    peak = next(iter(peaks.values()))
     result(kind="data-prepare", pairs=size, wall_s=wall, vocabulary_s=vocab["seconds"],
            encode_s=corpus_meta["seconds"], encode_pairs_s=size / corpus_meta["seconds"], max_rss_mb=peak["hwm"],
            private_mb=peak["before"])
@@ -194,18 +199,9 @@ def fairseq_preprocess(size: int, corpus: Path, vocabulary: Path, work: Path) ->
                "--destdir", str(work / "fairseq-bin"), "--srcdict", str(pieced / "dict.txt"), "--joined-dictionary",
                "--workers", "2", "--dataset-impl", "mmap"]
     shutil.rmtree(work / "fairseq-bin", ignore_errors=True)
-    start = time.time()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(proc.pid, tree=True)
-    sampler.start()
-    proc.wait()
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode:
-        sys.exit(f"fairseq-preprocess: {proc.stderr.read().strip()[-500:]}")
-    wall = time.time() - start
+    wall, peaks = measured("fairseq-preprocess", command, env, tree=True)
     result(kind="data-prepare", tool_run="fairseq-preprocess-workers2", pairs=size, wall_s=wall,
-           pairs_s=size / wall, max_rss_mb=max(p["hwm"] for p in sampler.peaks.values()))
+           pairs_s=size / wall, max_rss_mb=max(p["hwm"] for p in peaks.values()))
 
 
 def main() -> None:

@@ -52,6 +52,13 @@ def write_yaml(tmp_path: Path):
     return write
 
 
+@pytest.fixture
+def in_workdir(workdir, monkeypatch):
+    """The test module's `workdir` fixture (its trained runs) as the working folder."""
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
 def train_tiny_runs(root: Path, configs: dict[str, dict], *args: str) -> dict[str, str]:
     """`mtcli train NAME.yaml ARGS...` in `root` for each NAME -> config, in order; every run must succeed.
 

@@ -66,6 +66,12 @@ def test_compare_three_backends_as_json_with_significance_lengths_and_alignment(
     assert transformer["best_head"]["map"] in ("layer 1 head 1", "layer 1 head 2") and attention["pairs"] == 40
     assert 0 <= transformer["best_head"]["aer"] <= 100 and list(transformer["per_layer"]) == ["layer 1"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10000
+    for backend, run in zip(BACKENDS, data["runs"]):  # the corpus scores are evaluate's, run by run
+        alone = json.loads(invoke("evaluate", runs / backend, "--json").stdout)
+        metrics = ("bleu", "chrf", "ter")
+        assert [run[m]["score"] for m in metrics] == [alone[m]["score"] for m in metrics]
+        if run["alignment"] is not None:
+            assert run["alignment"]["aer"] == alone["alignment"]["aer"]
 
 
 def test_compare_tables_in_the_terminal(runs, tmp_path):

@@ -33,12 +33,6 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
-
-
 def test_train_writes_run_folder(in_workdir):
     for backend in BACKENDS:
         run = Path("runs") / f"toy-{backend}"

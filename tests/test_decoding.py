@@ -39,12 +39,6 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
-
-
 def texts(results):
     return [[h.text for h in r.hypotheses] for r in results]
 

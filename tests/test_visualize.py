@@ -42,12 +42,6 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
-
-
 def one_line_error(result, fragment):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
