@@ -6,6 +6,7 @@ Knows nothing of models or of the terminal.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import select
@@ -37,16 +38,29 @@ def argument_text(text: str, source: str = "argument") -> str:
     return _decode(raw, source)
 
 
-def file_lines(path: Path) -> list[str]:
-    """Every line of a UTF-8 text file, read and checked before anything is translated."""
+def open_input(path: Path) -> BinaryIO:
+    """A text file opened for reading bytes (decompressed if it ends in .gz); a missing file, a folder or
+    a file that cannot be read is a one-line DataError."""
     try:
-        data = path.read_bytes()
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected a text file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if path.suffix == ".gz":
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    return handle
+
+
+def file_lines(path: Path) -> list[str]:
+    """Every line of a UTF-8 text file (plain or .gz), read and checked before anything is translated."""
+    try:
+        with open_input(path) as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()

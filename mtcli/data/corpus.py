@@ -7,17 +7,16 @@ where there is one). Knows nothing of tokenizers or tensors.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from mtcli.config import CorpusConfig, DataConfig
 from mtcli.data.toy import toy_split
 from mtcli.errors import DataError
+from mtcli.inputs import open_input
 
 SPLIT_KEYS = ("train", "dev", "test")
 CHUNK_LINES = 100_000
@@ -37,20 +36,6 @@ class ParallelText:
 # ---------------------------------------------------------------- files, line by line
 
 
-def _open(path: Path) -> BinaryIO:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a text file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    if path.suffix == ".gz":
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
-    return handle
-
-
 def _decode(block: bytes, path: Path, first_line: int) -> list[str]:
     try:
         text = block.decode("utf-8")
@@ -68,7 +53,7 @@ class LineReader:
 
     def __init__(self, path: Path, chunk_lines: int = CHUNK_LINES):
         self.path, self.chunk_lines = path, chunk_lines
-        self.handle = _open(path)
+        self.handle = open_input(path)
         self.raw = getattr(self.handle, "fileobj", self.handle)  # the compressed stream of a .gz file
         self.lines = 0
 
