@@ -301,7 +301,7 @@ def evaluate(
     if result.alignment is not None:
         from mtcli.ui import alignment_line
 
-        stdout.print(alignment_line(result.alignment), soft_wrap=True)
+        stdout.print(alignment_line(result.alignment))  # wrapped between words at a terminal, whole in a pipe
 
 
 CHUNK_LINES = 1024  # lines of a file or a fast pipe sorted by length and translated together
