@@ -59,6 +59,12 @@ def mtcli(*args: str, out: Path | None = None) -> str:
     return done.stdout
 
 
+def relative(result: dict) -> dict:
+    """An evaluate record with its checkpoint named relative to the project (no path of this machine)."""
+    path = Path(result["checkpoint"])
+    return {**result, "checkpoint": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name}
+
+
 def run_record(run_dir: Path) -> dict:
     """From the run's metrics.jsonl: steps, training time and speed, the best greedy dev BLEU."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -87,8 +93,8 @@ def run(runs_dir: Path, sets: list[str], results: Path, figures: Path) -> dict:
         record = {"config": config, "overrides": extra, "wall_seconds": round(time.perf_counter() - start, 1),
                   **run_record(run_dir)}
         if name in TOY_TABLE:
-            record["test"] = json.loads(mtcli("evaluate", str(run_dir), "--json"))
-            record["test_greedy"] = json.loads(mtcli("evaluate", str(run_dir), "--json", "--beam", "1"))
+            record["test"] = relative(json.loads(mtcli("evaluate", str(run_dir), "--json")))
+            record["test_greedy"] = relative(json.loads(mtcli("evaluate", str(run_dir), "--json", "--beam", "1")))
         data["runs"][name] = record
         print(f"{name}: {record['steps']} steps, {record['wall_seconds']} s", flush=True)
     paths = [str(runs_dir / name) for name, _, _ in RUNS]
