@@ -83,14 +83,6 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def split_lines(text: str) -> list[str]:
-    """Lines split on newlines only (not on the other characters str.splitlines knows), CR removed."""
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
-
-
 def _tsv_fields(lines: list[str], path: Path, first_line: int) -> tuple[list[str], list[str]]:
     src, tgt = [], []
     for number, line in enumerate(lines, start=first_line):
