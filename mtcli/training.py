@@ -42,7 +42,14 @@ from mtcli.kernels.loss import output_loss
 from mtcli.metrics import Score, lower_is_better, score
 from mtcli.models import Backend, build_model
 from mtcli.optim import Schedule, build_optimizer, weight_average
-from mtcli.runtime import Precision, StopSignals, limit_onednn_cache, resolve_device, resolve_precision
+from mtcli.runtime import (
+    Precision,
+    StopSignals,
+    limit_onednn_cache,
+    release_freed_heap,
+    resolve_device,
+    resolve_precision,
+)
 
 # ---------------------------------------------------------------- events
 
@@ -219,6 +226,7 @@ class Trainer:
         resume = None if restart else self._resumable()
         start_from = self._start_from() if resume is None else None
         self.data = self._prepare_data(resume or start_from)
+        release_freed_heap()
         self.dev_batches = iterate_batches(self.data.dev, cfg.train.batch_tokens)  # collated once, reused
         self._plan: tuple[int, EpochPlan] | None = None
         self.batches_per_epoch = self._batches_in(1)
