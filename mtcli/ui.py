@@ -234,7 +234,7 @@ def attention_heatmap(src_tokens: list[str], tgt_tokens: list[str], weights: tor
 
 def alignment_line(report: AlignmentReport) -> str:
     """One line: the attention's argmax alignments against the gold links."""
-    what = report.kind if report.main_label in report.kind else f"{report.kind}, {report.main_label}"
+    what = report.kind if report.best_head is None else f"{report.kind}, {report.main_label}"  # one map: no choice
     line = (f"attention vs. gold alignments ({what}, {report.main.pairs} pairs, "
             f"argmax links): AER {report.main.aer:.2f}%, accuracy {report.main.accuracy:.2f}%")
     if report.best_head:

@@ -46,6 +46,7 @@ def test_evaluate_table_and_json(in_workdir):
     assert result.exit_code == 0, result.output
     assert "BLEU" in result.output and "chrF2" in result.output and "TER" in result.output
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in result.output
+    assert "gold alignments (additive attention, 16 pairs, argmax links)" in result.output  # one map: no label
     result = invoke("evaluate", "runs/toy-transformer", "--json", "-o", "hyps.txt")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
